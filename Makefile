@@ -1,0 +1,40 @@
+# Two commands for a fresh machine: `make run` (set up, then run the default recipe)
+# and `make test` (set up, then run the tests). Both create .venv when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RECIPE ?= recipes/quickstart.yaml
+# exactly these: the CUDA builds that run on CPU too (see README)
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup run test test-fast bench docs docs-serve clean
+
+$(BIN)/sslmed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev,docs]' $(TORCH)
+	touch $(BIN)/sslmed
+
+setup: $(BIN)/sslmed
+
+run: setup
+	$(BIN)/sslmed run $(RECIPE)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	$(BIN)/python bench/throughput.py
+
+docs: setup
+	$(BIN)/mkdocs build --strict
+
+docs-serve: setup
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+clean:
+	rm -rf runs site .pytest_cache

@@ -1,0 +1,121 @@
+"""Exported weights: safetensors tensors beside a JSON description, written atomically.
+
+A *backbone export* (``backbone.safetensors`` + ``backbone.json``) is what one
+pre-training step produces and what ``init_from`` reads. A *model export*
+(``model.safetensors`` + ``model.json``) adds the linear classifier that evaluation
+fitted; ``predict`` and the demo read it. Nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sslmed.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically, pretty-printed."""
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def save_backbone(directory: Path, backbone: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """Export a backbone's weights and description (``meta``: spec, in_channels, ...)."""
+    _save_tensors(directory / "backbone.safetensors", backbone.state_dict())
+    atomic_write_json(directory / "backbone.json", {"format": FORMAT_VERSION, **meta})
+
+
+def read_backbone_meta(directory: Path) -> dict[str, Any]:
+    """The JSON description of a backbone export."""
+    return _read_json(directory / "backbone.json")
+
+
+def load_backbone_weights(directory: Path, backbone: torch.nn.Module, expect: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load an exported backbone into ``backbone``; every mismatch is a CheckpointError.
+
+    ``expect`` (e.g. ``{"backbone": spec, "in_channels": 1}``) must equal the export's
+    description for those keys, so weights of another model are refused with a reason.
+    """
+    meta = read_backbone_meta(directory)
+    for key, value in (expect or {}).items():
+        if meta.get(key) != value:
+            raise CheckpointError(f"{directory}: checkpoint is from another model: {key} is {meta.get(key)!r}, expected {value!r}")
+    state = _load_tensors(directory / "backbone.safetensors")
+    result = backbone.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{directory}: weights do not fit this backbone (missing {len(result.missing_keys)} keys, "
+            f"e.g. {result.missing_keys[:2]}; unexpected {len(result.unexpected_keys)}, e.g. {result.unexpected_keys[:2]})"
+        )
+    return meta
+
+
+def save_model(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Export a classifier (backbone + head tensors) with its description."""
+    _save_tensors(directory / "model.safetensors", tensors)
+    atomic_write_json(directory / "model.json", {"format": FORMAT_VERSION, **meta})
+
+
+def load_model_files(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and description of a model export."""
+    meta = _read_json(directory / "model.json")
+    if meta.get("format") != FORMAT_VERSION or "backbone" not in meta or "classes" not in meta:
+        raise CheckpointError(f"{directory / 'model.json'}: not an sslmed model description")
+    return _load_tensors(directory / "model.safetensors"), meta

@@ -1,0 +1,152 @@
+"""One pre-training step on Lightning: data, method, trainer, checkpoints, export.
+
+The Trainer owns devices, DDP, precision, checkpointing (``checkpoints/last.ckpt``,
+from which an interrupted step resumes) and the progress bar. When the step
+finishes, global rank 0 exports the backbone as safetensors for ``init_from``,
+evaluation and predict.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from sslmed.checkpoints import load_backbone_weights, save_backbone
+from sslmed.data import ImageDataset, ImageSource
+from sslmed.errors import UsageError
+from sslmed.methods import SSLMethod
+from sslmed.recipe import StepSettings
+from sslmed.registry import Registry
+from sslmed.transforms import build_view_pipeline, image_mode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutcome:
+    """What a finished step leaves: its folder and whether this process is rank 0."""
+
+    directory: Path
+    is_global_zero: bool
+
+
+def backbone_identity(step: StepSettings) -> dict[str, Any]:
+    """What an exported backbone must match to be loaded into ``step``'s backbone."""
+    return {"backbone": step.backbone.spec(), "in_channels": step.in_channels}
+
+
+def step_is_done(directory: Path) -> bool:
+    """A step is done once its backbone export exists (written last, atomically)."""
+    return (directory / "backbone.safetensors").is_file() and (directory / "backbone.json").is_file()
+
+
+def build_method(step: StepSettings, registry: Registry) -> SSLMethod:
+    """The step's backbone and objective, built through the registry."""
+    backbone = registry.build("backbone", step.backbone.spec(), in_channels=step.in_channels)
+    method = registry.build(
+        "objective", step.objective.spec(),
+        backbone=backbone, build=registry.build, image_size=step.image_size, in_channels=step.in_channels,
+    )
+    if not isinstance(method, SSLMethod):
+        raise UsageError(f"objective {step.objective.name!r} did not return an sslmed.methods.SSLMethod")
+    method.configure_training(step.optimizer, step.schedule)
+    return method
+
+
+def make_loader(step: StepSettings, source: ImageSource, registry: Registry) -> torch.utils.data.DataLoader:
+    """Shuffled, view-making loader over the step's split (the last partial batch dropped)."""
+    records = source.records(step.split)
+    if len(records) < step.batch_size:
+        raise UsageError(
+            f"step {step.name!r}: batch_size {step.batch_size} is larger than its data "
+            f"({len(records)} images in {source.name!r} split {step.split!r})"
+        )
+    pipeline = build_view_pipeline([a.spec() for a in step.augmentations], registry, step.image_size, step.in_channels)
+    dataset = ImageDataset(source, records, pipeline, mode=image_mode(step.in_channels))
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=step.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=step.num_workers,
+        persistent_workers=step.num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def make_trainer(step: StepSettings, directory: Path, progress: bool = True) -> L.Trainer:
+    """A Lightning Trainer configured from the step's settings."""
+    checkpoints = ModelCheckpoint(
+        dirpath=directory / "checkpoints",
+        filename="epoch{epoch}-step{step}",
+        save_last=True,
+        save_top_k=1,
+        every_n_train_steps=step.checkpoint_every_n_steps,
+    )
+    return L.Trainer(
+        max_epochs=step.epochs,
+        max_steps=step.max_steps,
+        accelerator=step.accelerator,
+        devices=step.devices,
+        strategy=step.strategy,
+        num_nodes=step.num_nodes,
+        precision=step.precision,
+        sync_batchnorm=step.sync_batchnorm,
+        default_root_dir=directory,
+        logger=CSVLogger(directory, name="logs", version=""),
+        callbacks=[checkpoints],
+        log_every_n_steps=step.log_every_n_steps,
+        enable_model_summary=False,
+        enable_progress_bar=progress and sys.stderr.isatty(),
+        deterministic=False,
+    )
+
+
+def train_step(
+    step: StepSettings,
+    source: ImageSource,
+    directory: Path,
+    registry: Registry,
+    init_from: Path | None = None,
+    progress: bool = True,
+) -> StepOutcome:
+    """Train one step (resuming from ``checkpoints/last.ckpt`` if present) and export it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(step.seed, workers=True, verbose=False)
+    method = build_method(step, registry)
+    if init_from is not None:
+        load_backbone_weights(init_from, method.backbone, expect=backbone_identity(step))
+        log.info("step %s: backbone initialised from %s", step.name, init_from)
+    loader = make_loader(step, source, registry)
+    trainer = make_trainer(step, directory, progress)
+    last = directory / "checkpoints" / "last.ckpt"
+    resume_from = str(last) if last.is_file() else None
+    if resume_from:
+        log.info("step %s: resuming from %s", step.name, last)
+    trainer.fit(method, loader, ckpt_path=resume_from)
+    if trainer.is_global_zero:
+        save_backbone(directory, method.backbone, {
+            **backbone_identity(step),
+            "step": step.name,
+            "image_size": step.image_size,
+            "objective": step.objective.spec(),
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+        })
+    if trainer.world_size > 1:
+        trainer.strategy.barrier("sslmed-step-export")  # others wait for the export
+    return StepOutcome(directory, trainer.is_global_zero)
+
+
+def is_worker_process() -> bool:
+    """True in the extra processes that Lightning's DDP launcher starts (rank > 0)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0

@@ -1,0 +1,215 @@
+"""Frozen features -> probes (linear, kNN) -> metrics, with reference rows.
+
+Every results table shows the pre-trained backbone next to the same backbone at
+random initialisation, a probe on raw pixels and a supervised-from-scratch model, so
+a reader sees what pre-training bought. Probe settings are chosen on the validation
+split when the data has one; the test split is only ever scored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score, roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torchvision.transforms import v2
+
+from sslmed.data import ImageDataset, ImageRecord, ImageSource
+from sslmed.models import Backbone
+from sslmed.recipe import EvaluationSettings, SupervisedSettings
+from sslmed.transforms import eval_transform, image_mode
+
+log = logging.getLogger(__name__)
+
+PROBE_C_GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+def device() -> torch.device:
+    """The device evaluation runs on: a GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class LabelledSplit:
+    """Images of one split as model inputs: a loader factory, labels."""
+
+    source: ImageSource
+    records: list[ImageRecord]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.records])
+
+    def loader(self, transform: Callable, in_channels: int, batch_size: int, shuffle: bool = False) -> torch.utils.data.DataLoader:
+        dataset = ImageDataset(self.source, self.records, transform, mode=image_mode(in_channels))
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
+
+
+@torch.inference_mode()
+def extract_features(backbone: Backbone, split: LabelledSplit, image_size: int, in_channels: int, batch_size: int = 128) -> np.ndarray:
+    """Pooled backbone features of every image of ``split`` (eval mode, no gradients)."""
+    run_on = device()
+    backbone = backbone.to(run_on).eval()
+    chunks = []
+    for images, _labels in split.loader(eval_transform(image_size, in_channels), in_channels, batch_size):
+        chunks.append(backbone(images.to(run_on)).float().cpu().numpy())
+    return np.concatenate(chunks)
+
+
+@torch.inference_mode()
+def raw_pixels(split: LabelledSplit, image_size: int, batch_size: int = 256) -> np.ndarray:
+    """Flattened normalised pixels: the no-learning reference."""
+    chunks = []
+    for images, _labels in split.loader(eval_transform(image_size, 1), 1, batch_size):
+        chunks.append(images.flatten(1).numpy())
+    return np.concatenate(chunks)
+
+
+def metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro one-vs-rest AUC, per-class recall, confusion matrix."""
+    labels = list(range(len(classes)))
+    y_pred = proba.argmax(axis=1)
+    present = sorted(set(y_true.tolist()))
+    try:
+        if len(classes) == 2:
+            auc = float(roc_auc_score(y_true, proba[:, 1]))
+        elif len(present) == len(classes):
+            auc = float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels))
+        else:
+            auc = float("nan")
+    except ValueError:
+        auc = float("nan")
+    recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    return {
+        "accuracy": float((y_pred == y_true).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_auc": auc,
+        "recall": {c: float(r) for c, r in zip(classes, recalls)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a class-stratified ``fraction`` of the labels (at least one per class)."""
+    indices = np.arange(len(labels))
+    if fraction >= 1.0:
+        return indices
+    n_classes = len(set(labels.tolist()))
+    size = max(n_classes, int(round(fraction * len(labels))))
+    chosen, _rest = train_test_split(indices, train_size=size, stratify=labels, random_state=seed)
+    return np.sort(chosen)
+
+
+def _full_proba(model: Any, features: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities over all classes, even if the probe saw only some of them."""
+    proba = np.zeros((len(features), n_classes))
+    proba[:, model.classes_] = model.predict_proba(features)
+    return proba
+
+
+def linear_probe(c: float, seed: int) -> Pipeline:
+    """Standardised features -> multinomial logistic regression."""
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
+
+
+def fit_linear(train_x: np.ndarray, train_y: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None, seed: int) -> tuple[Pipeline, float]:
+    """A linear probe with its regularisation chosen on ``val`` (C=1 without one)."""
+    best_c = 1.0
+    if val is not None and len(val[1]):
+        scores = {}
+        for c in PROBE_C_GRID:
+            probe = linear_probe(c, seed).fit(train_x, train_y)
+            scores[c] = balanced_accuracy_score(val[1], probe.predict(val[0]))
+        best_c = max(scores, key=lambda c: (scores[c], -abs(np.log10(c))))
+    return linear_probe(best_c, seed).fit(train_x, train_y), best_c
+
+
+@dataclass
+class FeatureSet:
+    """Features of the train, (optional) val and test splits for one model."""
+
+    model: str
+    train: np.ndarray
+    test: np.ndarray
+    val: np.ndarray | None = None
+    probes: dict[str, Any] = field(default_factory=dict)
+
+
+def probe_rows(features: FeatureSet, labels: dict[str, np.ndarray], classes: list[str], settings: EvaluationSettings) -> list[dict[str, Any]]:
+    """One row per probe and label fraction for one model's features."""
+    rows = []
+    val = (features.val, labels["val"]) if features.val is not None else None
+    for fraction in settings.label_fractions:
+        chosen = subsample(labels["train"], fraction, settings.seed)
+        x, y = features.train[chosen], labels["train"][chosen]
+        for probe_name in settings.probes:
+            if probe_name == "linear":
+                model, c = fit_linear(x, y, val, settings.seed)
+                extra = {"C": c}
+            else:
+                k = min(settings.knn_k, len(y))
+                model = KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance").fit(x, y)
+                extra = {"k": k}
+            proba = _full_proba(model, features.test, len(classes))
+            rows.append({"model": features.model, "probe": probe_name, "label_fraction": fraction, "train_images": int(len(y)), **extra, **metrics(labels["test"], proba, classes)})
+            if probe_name == "linear" and fraction == 1.0:
+                features.probes["linear"] = model
+    return rows
+
+
+class SupervisedModule(L.LightningModule):
+    """Backbone + linear layer trained with cross-entropy: the supervised reference."""
+
+    def __init__(self, backbone: Backbone, n_classes: int, lr: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(backbone.feature_dim, n_classes)
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch: Any, _index: int) -> torch.Tensor:
+        images, labels = batch
+        loss = torch.nn.functional.cross_entropy(self(images), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(self.trainer.estimated_stepping_batches)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def supervised_proba(
+    backbone: Backbone, train: LabelledSplit, test: LabelledSplit, n_classes: int,
+    image_size: int, in_channels: int, settings: SupervisedSettings, seed: int, fraction: float = 1.0,
+) -> np.ndarray:
+    """Train ``backbone`` from scratch on the labels, return test probabilities."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    chosen = subsample(train.labels, fraction, seed)
+    subset = LabelledSplit(train.source, [train.records[i] for i in chosen])
+    augment = v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip(), eval_transform(image_size, in_channels)])
+    batch_size = min(settings.batch_size, len(subset.records))
+    loader = subset.loader(augment, in_channels, batch_size, shuffle=True)
+    module = SupervisedModule(backbone, n_classes, settings.lr)
+    trainer = L.Trainer(
+        max_epochs=settings.epochs, max_steps=settings.max_steps, accelerator="auto", devices=1,
+        logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+    )
+    trainer.fit(module, loader)
+    module.eval().to(device())
+    chunks = []
+    with torch.inference_mode():
+        for images, _labels in test.loader(eval_transform(image_size, in_channels), in_channels, 128):
+            chunks.append(torch.softmax(module(images.to(device())), dim=1).float().cpu().numpy())
+    return np.concatenate(chunks)

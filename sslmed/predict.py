@@ -1,0 +1,118 @@
+"""Exported model -> classifier -> ``{label: probability}`` for image files.
+
+The classifier is the backbone of the probed step with the linear probe folded into
+one ``nn.Linear`` (standardisation included). It reads only safetensors and JSON, and
+preprocesses exactly as evaluation does, so predictions and reported metrics agree.
+It never imports the trainer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.pipeline import Pipeline
+
+from sslmed.checkpoints import load_model_files, save_model
+from sslmed.errors import CheckpointError
+from sslmed.imaging import Source, load_image
+from sslmed.models import Backbone
+from sslmed.registry import Registry
+from sslmed.transforms import eval_transform, image_mode
+
+
+def linear_head_from_probe(probe: Pipeline, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold ``StandardScaler`` + ``LogisticRegression`` into one weight and bias giving
+    logits over all ``n_classes`` (softmax of them equals ``predict_proba``)."""
+    scaler, logistic = probe[0], probe[-1]
+    scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
+    coef = logistic.coef_ / scale
+    intercept = logistic.intercept_ - (logistic.coef_ * scaler.mean_ / scale).sum(axis=1)
+    if coef.shape[0] == 1:  # binary: p(class 1) = sigmoid(z) = softmax([0, z])[1]
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    weight = np.zeros((n_classes, coef.shape[1]))
+    bias = np.full(n_classes, -1e4)  # classes the probe never saw get ~0 probability
+    weight[logistic.classes_] = coef
+    bias[logistic.classes_] = intercept
+    return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
+
+
+def export_classifier(directory: Path, backbone: Backbone, probe: Pipeline, meta: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` + ``model.json`` (``meta``: backbone spec, classes, ...)."""
+    weight, bias = linear_head_from_probe(probe, len(meta["classes"]))
+    tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    tensors.update({"head.weight": weight, "head.bias": bias})
+    save_model(directory, tensors, meta)
+
+
+class Classifier(torch.nn.Module):
+    """Backbone + linear head; ``forward`` gives logits."""
+
+    def __init__(self, backbone: Backbone, n_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(backbone.feature_dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """A model export folder from a run folder, a model folder or a ``model.json`` path."""
+    path = Path(path)
+    if path.is_file() and path.name in ("model.json", "model.safetensors"):
+        path = path.parent
+    for candidate in (path, path / "model"):
+        if (candidate / "model.json").is_file():
+            return candidate
+    if not path.exists():
+        raise CheckpointError(f"{path}: not found")
+    raise CheckpointError(f"{path}: no exported model here (expected model.json, or a run folder with model/; run evaluation first)")
+
+
+class Predictor:
+    """A trained classifier that takes image files: load once, predict many."""
+
+    def __init__(self, model_dir: str | Path, registry: Registry | None = None, device: str | None = None) -> None:
+        from sslmed.plugins import get_registry
+
+        self.model_dir = find_model_dir(model_dir)
+        tensors, self.meta = load_model_files(self.model_dir)
+        registry = registry or get_registry()
+        self.classes: list[str] = list(self.meta["classes"])
+        self.image_size: int = int(self.meta["image_size"])
+        self.in_channels: int = int(self.meta["in_channels"])
+        backbone = registry.build("backbone", self.meta["backbone"], in_channels=self.in_channels)
+        self.model = Classifier(backbone, len(self.classes))
+        result = self.model.load_state_dict(tensors, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"{self.model_dir}: weights do not fit backbone {self.meta['backbone']} "
+                f"(missing e.g. {result.missing_keys[:2]}, unexpected e.g. {result.unexpected_keys[:2]})"
+            )
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device).eval()
+        self.transform = eval_transform(self.image_size, self.in_channels)
+
+    def load(self, source: Source) -> Image.Image:
+        """An image file as the model reads it (before resizing)."""
+        return load_image(source, mode=image_mode(self.in_channels))  # type: ignore[arg-type]
+
+    def model_input(self, image: Image.Image) -> torch.Tensor:
+        """The normalised ``1×C×H×W`` tensor the model sees."""
+        return self.transform(image).unsqueeze(0)
+
+    @torch.inference_mode()
+    def predict_images(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
+        """Class probabilities for already-loaded images."""
+        batch = torch.cat([self.model_input(image) for image in images]).to(self.device)
+        probabilities = torch.softmax(self.model(batch).float(), dim=1).cpu().numpy()
+        return [{c: float(p) for c, p in zip(self.classes, row)} for row in probabilities]
+
+    def predict(self, sources: Sequence[Source]) -> list[dict[str, float]]:
+        """Class probabilities for image files (each loaded with the one image loader)."""
+        return self.predict_images([self.load(source) for source in sources])

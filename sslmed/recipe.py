@@ -1,0 +1,450 @@
+"""Recipes: YAML files describing data, pre-training steps and evaluation.
+
+Loading goes: YAML (with line numbers) -> ``extends`` merge -> ``--set`` overrides ->
+``defaults`` merged into each step -> pydantic validation -> each component's own
+argument model -> cross-references. Every problem found is reported at once, as
+``file:line key.path: message``, before anything trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from sslmed.errors import RecipeError, UsageError
+from sslmed.registry import Registry, close_matches
+
+Loc = tuple[Union[str, int], ...]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(BaseModel):
+    """``{name: <component>, <its arguments>...}``; arguments checked by the component."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def spec(self) -> dict[str, Any]:
+        """The spec as a plain dict, as given to :meth:`Registry.build`."""
+        return self.model_dump()
+
+
+class OptimizerSettings(_Strict):
+    """The optimiser of one step."""
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, le=1, description="sgd only")
+
+
+class ScheduleSettings(_Strict):
+    """The learning-rate schedule of one step (stepped once per batch)."""
+
+    name: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+
+
+class StepSettings(_Strict):
+    """One pre-training step: what trains, on what data, for how long, on what hardware."""
+
+    name: str
+    data: str = Field(description="a key of the recipe's data section")
+    split: str = Field("train", description="which split of the data to pre-train on")
+    init_from: str | None = Field(None, description="an earlier step whose backbone starts this one")
+    backbone: ComponentSpec
+    objective: ComponentSpec
+    augmentations: list[ComponentSpec] = Field(min_length=1)
+    image_size: int = Field(64, ge=8, le=1024)
+    in_channels: Literal[1, 3] = 1
+    epochs: int = Field(1, ge=1)
+    max_steps: int = Field(-1, description="stop after this many optimiser steps (-1: no limit)")
+    batch_size: int = Field(64, ge=2)
+    num_workers: int = Field(0, ge=0)
+    optimizer: OptimizerSettings = OptimizerSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: Union[int, str, list[int]] = 1
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: str = "32-true"
+    sync_batchnorm: bool = False
+    log_every_n_steps: int = Field(10, ge=1)
+    checkpoint_every_n_steps: int | None = Field(50, ge=1, description="also checkpoint mid-epoch, for resume")
+
+
+class SupervisedSettings(_Strict):
+    """The supervised-from-scratch reference: same backbone, trained on the labels."""
+
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    max_steps: int = -1
+
+
+class EvaluationSettings(_Strict):
+    """Frozen-feature probes on a labelled train/test split, with reference rows."""
+
+    data: str = Field(description="a key of the recipe's data section, with labels")
+    step: str | None = Field(None, description="the step whose backbone is probed (default: the last)")
+    train_split: str = "train"
+    test_split: str = "test"
+    probes: list[Literal["linear", "knn"]] = ["linear", "knn"]
+    label_fractions: list[float] = [1.0]
+    baselines: list[Literal["random_init", "raw_pixels", "supervised"]] = ["random_init", "supervised"]
+    supervised: SupervisedSettings = SupervisedSettings()
+    knn_k: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=1)
+    seed: int = 0
+
+    @pydantic.field_validator("label_fractions")
+    @classmethod
+    def _fractions_in_range(cls, value: list[float]) -> list[float]:
+        for fraction in value:
+            if not 0 < fraction <= 1:
+                raise ValueError(f"each label fraction must be in (0, 1], got {fraction}")
+        return value
+
+
+class Recipe(_Strict):
+    """A whole recipe."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    data_root: str | None = Field(None, description="where relative data paths start")
+    data: dict[str, ComponentSpec]
+    steps: list[StepSettings] = Field(min_length=1)
+    evaluation: EvaluationSettings | None = None
+
+    def step(self, name: str) -> StepSettings:
+        """The step called ``name``."""
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise UsageError(f"no step {name!r} in recipe {self.name!r}")
+
+    def probed_step(self) -> StepSettings:
+        """The step whose backbone the evaluation probes."""
+        if self.evaluation and self.evaluation.step:
+            return self.step(self.evaluation.step)
+        return self.steps[-1]
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _LineMap:
+    """Where each key path of a recipe came from: ``(file, line)``."""
+
+    def __init__(self) -> None:
+        self.where: dict[Loc, tuple[str, int]] = {}
+
+    def record(self, node: yaml.Node, source: str, loc: Loc = ()) -> None:
+        self.where[loc] = (source, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                loc_key = loc + (key_node.value,)
+                self.record(value_node, source, loc_key)
+                self.where[loc_key] = (source, key_node.start_mark.line + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.record(item, source, loc + (index,))
+
+    def lookup(self, loc: Loc) -> tuple[str, int] | None:
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.where:
+                return self.where[loc[:end]]
+        return None
+
+
+def _read_yaml(path: Path, lines: _LineMap) -> dict[str, Any]:
+    if not path.is_file():
+        raise UsageError(f"recipe file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([f"{where}: invalid YAML: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError([f"{path}:1: a recipe must be a mapping of keys, not {type(data).__name__}"])
+    if node is not None:
+        lines.record(node, str(path))
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``: mappings merge key by key, anything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _load_with_extends(path: Path, lines: _LineMap, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in seen + (path,))
+        raise RecipeError([f"{path}: 'extends' makes a cycle: {chain}"])
+    own_lines = _LineMap()
+    data = _read_yaml(path, own_lines)
+    parent = data.pop("extends", None)
+    if parent is None:
+        lines.where.update(own_lines.where)
+        return data
+    if not isinstance(parent, str):
+        raise RecipeError([f"{path}: 'extends' must be a path to another recipe"])
+    base = _load_with_extends(path.parent / parent, lines, seen + (path,))
+    lines.where.update(own_lines.where)  # the child's lines win where both define a key
+    return deep_merge(base, data)
+
+
+def parse_override(text: str) -> tuple[list[Union[str, int]], Any]:
+    """``"steps.0.epochs=2"`` -> ``(["steps", 0, "epochs"], 2)``; values parse as YAML."""
+    if "=" not in text:
+        raise UsageError(f"--set expects KEY=VALUE (e.g. steps.0.epochs=2), got {text!r}")
+    key, raw = text.split("=", 1)
+    parts: list[Union[str, int]] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+    if not key.strip() or any(p == "" for p in parts):
+        raise UsageError(f"--set has an empty key in {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_override(data: dict[str, Any], text: str) -> None:
+    """Set one ``KEY=VALUE`` in the raw recipe, creating mappings on the way."""
+    parts, value = parse_override(text)
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(str(p) for p in parts[: depth + 1])
+        if isinstance(node, list):
+            if not isinstance(part, int) or part >= len(node):
+                raise UsageError(f"--set {text}: {where} is not an item of a list of {len(node)}")
+            node = node[part]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise UsageError(f"--set {text}: {where} is not a mapping or list")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last >= len(node):
+            raise UsageError(f"--set {text}: index {last} is out of range (list of {len(node)})")
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise UsageError(f"--set {text}: cannot set a key inside a {type(node).__name__}")
+
+
+def _apply_defaults(data: dict[str, Any]) -> None:
+    defaults = data.pop("defaults", None) or {}
+    if not isinstance(defaults, dict):
+        return
+    steps = data.get("steps")
+    if isinstance(steps, list):
+        data["steps"] = [deep_merge(defaults, s) if isinstance(s, dict) else s for s in steps]
+
+
+# --------------------------------------------------------------------- validation
+
+
+def format_loc(loc: Loc) -> str:
+    """``("steps", 1, "objective", "lr")`` -> ``steps[1].objective.lr``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model that holds the key at ``loc`` (for 'did you mean')."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = _unwrap(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    for arg in typing.get_args(annotation) or ():
+        inner = _unwrap(arg)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner
+    return annotation
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel], prefix: Loc) -> tuple[Loc, str]:
+    loc = prefix + tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        owner = _model_at(model, tuple(error["loc"])[:-1])
+        valid = list(owner.model_fields) if owner else []
+        hint = close_matches(str(loc[-1]), valid)
+        message = "unknown key"
+        if hint:
+            message += f"; did you mean {' or '.join(hint)}?"
+        elif valid:
+            message += f" (valid keys: {', '.join(valid)})"
+        return loc, message
+    if error["type"] == "missing":
+        return loc, "required key is missing"
+    return loc, error["msg"] + (f" (got {error['input']!r})" if not isinstance(error.get("input"), dict) and "input" in error else "")
+
+
+class _Problems:
+    def __init__(self, lines: _LineMap, source: str) -> None:
+        self.lines = lines
+        self.source = source
+        self.items: list[tuple[str, int, str]] = []
+
+    def add(self, loc: Loc, message: str) -> None:
+        where = self.lines.lookup(loc)
+        file, line = where if where else (self.source, 0)
+        key = format_loc(loc)
+        self.items.append((file, line, f"{file}:{line} {key}: {message}" if key else f"{file}:{line} {message}"))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            ordered = [text for _, _, text in sorted(self.items, key=lambda i: (i[0], i[1]))]
+            raise RecipeError(ordered, source=self.source)
+
+
+def _check_component(
+    problems: _Problems, registry: Registry, kind: str, raw: Any, loc: Loc
+) -> str | None:
+    """Validate one component spec against the registry; returns its name if known."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        return None  # the structural pass already reported it
+    name = raw["name"]
+    names = registry.names(kind)
+    if name not in names:
+        problems.add(loc + ("name",), registry.unknown_message(kind, name))
+        return None
+    component = registry.get(kind, name)
+    args = {k: v for k, v in raw.items() if k != "name"}
+    try:
+        component.parse_args(args)
+    except pydantic.ValidationError as exc:
+        for error in exc.errors():
+            problems.add(*_describe(error, component.args, loc))
+    return name
+
+
+def _check_components(problems: _Problems, registry: Registry, data: dict[str, Any]) -> None:
+    for alias, spec in (data.get("data") or {}).items() if isinstance(data.get("data"), dict) else []:
+        _check_component(problems, registry, "dataset", spec, ("data", alias))
+    steps = data.get("steps") if isinstance(data.get("steps"), list) else []
+    for index, step in enumerate(steps):
+        if not isinstance(step, dict):
+            continue
+        _check_component(problems, registry, "backbone", step.get("backbone"), ("steps", index, "backbone"))
+        objective = step.get("objective")
+        if _check_component(problems, registry, "objective", objective, ("steps", index, "objective")):
+            decoder = objective.get("decoder") if isinstance(objective, dict) else None
+            if isinstance(decoder, dict):
+                _check_component(problems, registry, "decoder", decoder, ("steps", index, "objective", "decoder"))
+        augmentations = step.get("augmentations")
+        if not isinstance(augmentations, list):
+            continue
+        stages = []
+        for position, aug in enumerate(augmentations):
+            name = _check_component(problems, registry, "augmentation", aug, ("steps", index, "augmentations", position))
+            if name:
+                stages.append(registry.get("augmentation", name).metadata.get("stage", "tensor"))
+        if len(stages) == len(augmentations) and stages.count("views") != 1:
+            problems.add(
+                ("steps", index, "augmentations"),
+                f"needs exactly one view-making augmentation (stage 'views', e.g. simclr), found {stages.count('views')}",
+            )
+
+
+def _check_references(problems: _Problems, recipe: Recipe) -> None:
+    seen: dict[str, int] = {}
+    for index, step in enumerate(recipe.steps):
+        if step.name in seen:
+            problems.add(("steps", index, "name"), f"step name {step.name!r} is already used by steps[{seen[step.name]}]")
+        if step.data not in recipe.data:
+            hint = close_matches(step.data, list(recipe.data))
+            problems.add(("steps", index, "data"), f"no data named {step.data!r}" + (f"; did you mean {hint[0]!r}?" if hint else f" (defined: {', '.join(recipe.data) or 'none'})"))
+        if step.init_from is not None:
+            if step.init_from not in seen:
+                earlier = ", ".join(seen) or "none"
+                problems.add(("steps", index, "init_from"), f"{step.init_from!r} is not an earlier step (earlier steps: {earlier})")
+            else:
+                source = recipe.steps[seen[step.init_from]]
+                if source.backbone.spec() != step.backbone.spec() or source.in_channels != step.in_channels:
+                    problems.add(
+                        ("steps", index, "backbone"),
+                        f"must match the backbone of step {step.init_from!r} that it starts from "
+                        f"({source.backbone.spec()}, in_channels={source.in_channels})",
+                    )
+        seen.setdefault(step.name, index)
+    if recipe.evaluation is not None:
+        if recipe.evaluation.data not in recipe.data:
+            problems.add(("evaluation", "data"), f"no data named {recipe.evaluation.data!r} (defined: {', '.join(recipe.data)})")
+        if recipe.evaluation.step is not None and recipe.evaluation.step not in seen:
+            problems.add(("evaluation", "step"), f"no step named {recipe.evaluation.step!r} (steps: {', '.join(seen)})")
+
+
+def load_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], _LineMap]:
+    """The recipe as plain data after ``extends``, overrides and defaults, with its line map."""
+    lines = _LineMap()
+    data = _load_with_extends(Path(path), lines)
+    for text in overrides:
+        apply_override(data, text)
+    _apply_defaults(data)
+    return data, lines
+
+
+def validate(data: dict[str, Any], registry: Registry, lines: _LineMap | None = None, source: str = "<recipe>") -> Recipe:
+    """Check a raw recipe completely and return the model, or raise every problem."""
+    problems = _Problems(lines or _LineMap(), source)
+    recipe: Recipe | None = None
+    try:
+        recipe = Recipe.model_validate(data)
+    except pydantic.ValidationError as exc:
+        for error in exc.errors():
+            problems.add(*_describe(error, Recipe, ()))
+    _check_components(problems, registry, data)
+    if recipe is not None:
+        _check_references(problems, recipe)
+    problems.raise_if_any()
+    assert recipe is not None
+    return recipe
+
+
+def load_recipe(path: str | Path, registry: Registry, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load, merge, override and validate a recipe file."""
+    data, lines = load_raw(path, overrides)
+    return validate(data, registry, lines, source=str(path))
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The JSON schema of a recipe (component arguments are per component)."""
+    return Recipe.model_json_schema()
