@@ -46,7 +46,8 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write tensors as safetensors, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -67,7 +68,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing or corrupt file is a CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"{path}: not found")
     try:
@@ -78,7 +80,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def save_backbone(directory: Path, backbone: torch.nn.Module, meta: dict[str, Any]) -> None:
     """Export a backbone's weights and description (``meta``: spec, in_channels, ...)."""
-    _save_tensors(directory / "backbone.safetensors", backbone.state_dict())
+    save_tensors(directory / "backbone.safetensors", backbone.state_dict())
     atomic_write_json(directory / "backbone.json", {"format": FORMAT_VERSION, **meta})
 
 
@@ -97,7 +99,7 @@ def load_backbone_weights(directory: Path, backbone: torch.nn.Module, expect: di
     for key, value in (expect or {}).items():
         if meta.get(key) != value:
             raise CheckpointError(f"{directory}: checkpoint is from another model: {key} is {meta.get(key)!r}, expected {value!r}")
-    state = _load_tensors(directory / "backbone.safetensors")
+    state = load_tensors(directory / "backbone.safetensors")
     result = backbone.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
@@ -109,7 +111,7 @@ def load_backbone_weights(directory: Path, backbone: torch.nn.Module, expect: di
 
 def save_model(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Export a classifier (backbone + head tensors) with its description."""
-    _save_tensors(directory / "model.safetensors", tensors)
+    save_tensors(directory / "model.safetensors", tensors)
     atomic_write_json(directory / "model.json", {"format": FORMAT_VERSION, **meta})
 
 
@@ -118,4 +120,4 @@ def load_model_files(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str
     meta = _read_json(directory / "model.json")
     if meta.get("format") != FORMAT_VERSION or "backbone" not in meta or "classes" not in meta:
         raise CheckpointError(f"{directory / 'model.json'}: not an sslmed model description")
-    return _load_tensors(directory / "model.safetensors"), meta
+    return load_tensors(directory / "model.safetensors"), meta

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from sslmed.checkpoints import load_backbone_weights, save_backbone
+from sslmed.checkpoints import load_backbone_weights, save_backbone, save_tensors
 from sslmed.data import ImageDataset, ImageSource
 from sslmed.errors import UsageError
 from sslmed.methods import SSLMethod
@@ -134,13 +134,17 @@ def train_step(
         log.info("step %s: resuming from %s", step.name, last)
     trainer.fit(method, loader, ckpt_path=resume_from)
     if trainer.is_global_zero:
-        save_backbone(directory, method.backbone, {
+        extras = method.extra_exports()
+        for name, (module, _description) in extras.items():
+            save_tensors(directory / f"{name}.safetensors", module.state_dict())
+        save_backbone(directory, method.backbone, {  # written last: marks the step done
             **backbone_identity(step),
             "step": step.name,
             "image_size": step.image_size,
             "objective": step.objective.spec(),
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
+            "extras": {name: description for name, (_module, description) in extras.items()},
         })
     if trainer.world_size > 1:
         trainer.strategy.barrier("sslmed-step-export")  # others wait for the export

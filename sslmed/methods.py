@@ -32,6 +32,17 @@ class SSLMethod(L.LightningModule):
         self.optimizer_settings = optimizer
         self.schedule_settings = schedule
 
+    def extra_exports(self) -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
+        """Modules besides the backbone worth exporting, by name: ``(module, description)``.
+
+        The description must let a reader rebuild the module, e.g. for a decoder
+        ``{"kind": "decoder", "spec": {...}, "image_size": 64, "out_channels": 1}``.
+        The engine writes each as ``<name>.safetensors`` beside the backbone export and
+        evaluation copies them into the model export (the demo shows a CRSM decoder's
+        reconstruction this way).
+        """
+        return {}
+
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Loss terms for one batch; ``"loss"`` is the one optimised."""
         raise NotImplementedError

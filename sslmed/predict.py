@@ -41,11 +41,20 @@ def linear_head_from_probe(probe: Pipeline, n_classes: int) -> tuple[torch.Tenso
     return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
 
 
-def export_classifier(directory: Path, backbone: Backbone, probe: Pipeline, meta: dict[str, Any]) -> None:
-    """Write ``model.safetensors`` + ``model.json`` (``meta``: backbone spec, classes, ...)."""
+def export_classifier(
+    directory: Path, backbone: Backbone, probe: Pipeline, meta: dict[str, Any],
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """Write ``model.safetensors`` + ``model.json`` (``meta``: backbone spec, classes, ...).
+
+    ``extra_tensors`` (e.g. a CRSM decoder's weights, by export name) are stored under
+    ``<name>.`` prefixes; ``meta["extras"]`` describes how to rebuild them.
+    """
     weight, bias = linear_head_from_probe(probe, len(meta["classes"]))
     tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     tensors.update({"head.weight": weight, "head.bias": bias})
+    for name, state in (extra_tensors or {}).items():
+        tensors.update({f"{name}.{k}": v for k, v in state.items()})
     save_model(directory, tensors, meta)
 
 
@@ -88,7 +97,9 @@ class Predictor:
         self.in_channels: int = int(self.meta["in_channels"])
         backbone = registry.build("backbone", self.meta["backbone"], in_channels=self.in_channels)
         self.model = Classifier(backbone, len(self.classes))
-        result = self.model.load_state_dict(tensors, strict=False)
+        extras = self.meta.get("extras", {})
+        model_tensors = {k: v for k, v in tensors.items() if k.split(".", 1)[0] not in extras}
+        result = self.model.load_state_dict(model_tensors, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
                 f"{self.model_dir}: weights do not fit backbone {self.meta['backbone']} "
@@ -96,6 +107,12 @@ class Predictor:
             )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
+        #: extra modules of the export (e.g. ``decoder`` of a CRSM model), in eval mode
+        self.extras: dict[str, torch.nn.Module] = {}
+        for name, description in extras.items():
+            module = registry.build(description["kind"], description["spec"], backbone=backbone, **{k: v for k, v in description.items() if k not in ("kind", "spec")})
+            module.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
+            self.extras[name] = module.to(self.device).eval()
         self.transform = eval_transform(self.image_size, self.in_channels)
 
     def load(self, source: Source) -> Image.Image:

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from sslmed import __version__
-from sslmed.checkpoints import atomic_write_json, atomic_write_text, load_backbone_weights
+from sslmed.checkpoints import atomic_write_json, atomic_write_text, load_backbone_weights, load_tensors, read_backbone_meta
 from sslmed.data import ImageSource, resolve_data_root
 from sslmed.engine import backbone_identity, is_worker_process, step_is_done, train_step
 from sslmed.errors import DataError, RecipeError, UsageError
@@ -258,11 +258,13 @@ def evaluate_run(run_dir: Path, recipe: Recipe | None = None, registry: Registry
             rows.append({"model": "supervised", "probe": "end-to-end", "label_fraction": fraction, "train_images": int(len(splits["train"].records) * fraction), **metrics(labels["test"], proba, source.classes)})
 
     if "linear" in features.probes:
+        extras = read_backbone_meta(step_dir).get("extras", {})
         export_classifier(run_dir / "model", pretrained, features.probes["linear"], {
+            "extras": extras,
             "recipe": recipe.name, "step": step.name, "backbone": step.backbone.spec(), "in_channels": channels,
             "image_size": size, "classes": source.classes, "data": settings.data,
             "metrics": next(r for r in rows if r["model"] == features.model and r["probe"] == "linear" and r["label_fraction"] == 1.0),
-        })
+        }, extra_tensors={name: load_tensors(step_dir / f"{name}.safetensors") for name in extras})
     return write_results(run_dir, recipe, rows, source.classes)
 
 
