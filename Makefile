@@ -14,6 +14,7 @@ $(BIN)/sslmed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[dev,docs]' $(TORCH)
+	$(BIN)/pip install --quiet -e plugins/sslmed-clahe
 	touch $(BIN)/sslmed
 
 setup: $(BIN)/sslmed

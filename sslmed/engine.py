@@ -144,6 +144,7 @@ def train_step(
             "objective": step.objective.spec(),
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
+            "world_size": trainer.world_size,
             "extras": {name: description for name, (_module, description) in extras.items()},
         })
     if trainer.world_size > 1:

@@ -23,7 +23,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torchvision.transforms import v2
 
-from sslmed.data import ImageDataset, ImageRecord, ImageSource
+from sslmed.data import ImageDataset, ImageRecord, ImageSource, targets_matrix
 from sslmed.models import Backbone
 from sslmed.recipe import EvaluationSettings, SupervisedSettings
 from sslmed.transforms import eval_transform, image_mode
@@ -47,6 +47,9 @@ class LabelledSplit:
 
     @property
     def labels(self) -> np.ndarray:
+        """Class indices (``N``), or for multi-label sources targets (``N×findings``, nan: unknown)."""
+        if self.source.task == "multilabel":
+            return targets_matrix(self.records, len(self.source.classes))
         return np.array([r.label for r in self.records])
 
     def loader(self, transform: Callable, in_channels: int, batch_size: int, shuffle: bool = False) -> torch.utils.data.DataLoader:
@@ -98,6 +101,11 @@ def metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> di
     }
 
 
+def predictions(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """Per-image test labels and class probabilities, kept in results for bootstrap CIs."""
+    return {"y_true": [int(y) for y in y_true], "proba": np.round(proba, 5).tolist()}
+
+
 def subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Indices of a class-stratified ``fraction`` of the labels (at least one per class)."""
     indices = np.arange(len(labels))
@@ -146,6 +154,8 @@ class FeatureSet:
 
 def probe_rows(features: FeatureSet, labels: dict[str, np.ndarray], classes: list[str], settings: EvaluationSettings) -> list[dict[str, Any]]:
     """One row per probe and label fraction for one model's features."""
+    if labels["train"].ndim == 2:  # multi-label targets (e.g. CheXpert findings)
+        return multilabel_probe_rows(features, labels, classes, settings)
     rows = []
     val = (features.val, labels["val"]) if features.val is not None else None
     for fraction in settings.label_fractions:
@@ -160,7 +170,7 @@ def probe_rows(features: FeatureSet, labels: dict[str, np.ndarray], classes: lis
                 model = KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance").fit(x, y)
                 extra = {"k": k}
             proba = _full_proba(model, features.test, len(classes))
-            rows.append({"model": features.model, "probe": probe_name, "label_fraction": fraction, "train_images": int(len(y)), **extra, **metrics(labels["test"], proba, classes)})
+            rows.append({"model": features.model, "probe": probe_name, "label_fraction": fraction, "train_images": int(len(y)), **extra, **metrics(labels["test"], proba, classes), "test_predictions": predictions(labels["test"], proba)})
             if probe_name == "linear" and fraction == 1.0:
                 features.probes["linear"] = model
     return rows
@@ -213,3 +223,93 @@ def supervised_proba(
         for images, _labels in test.loader(eval_transform(image_size, in_channels), in_channels, 128):
             chunks.append(torch.softmax(module(images.to(device())), dim=1).float().cpu().numpy())
     return np.concatenate(chunks)
+
+
+# ------------------------------------------------------------------ multi-label
+
+
+def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, findings: Sequence[str], threshold: float = 0.5) -> dict[str, Any]:
+    """Per-finding AUC, sensitivity and accuracy over the images whose label is known
+    (``nan`` in ``y_true`` is left out); the summary keys are means over findings.
+
+    The keys match :func:`metrics` (``accuracy``, ``balanced_accuracy``, ``macro_auc``,
+    ``recall`` per finding) so results tables take both; ``auc`` and ``positives`` are
+    per finding.
+    """
+    auc, recall, accuracy, balanced, positives = {}, {}, {}, {}, {}
+    for j, finding in enumerate(findings):
+        known = ~np.isnan(y_true[:, j])
+        truth, score = y_true[known, j].astype(int), proba[known, j]
+        predicted = (score >= threshold).astype(int)
+        positives[finding] = int(truth.sum())
+        auc[finding] = float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else float("nan")
+        recall[finding] = float(predicted[truth == 1].mean()) if (truth == 1).any() else float("nan")
+        specificity = float((1 - predicted[truth == 0]).mean()) if (truth == 0).any() else float("nan")
+        accuracy[finding] = float((predicted == truth).mean()) if len(truth) else float("nan")
+        balanced[finding] = float(np.nanmean([recall[finding], specificity])) if len(truth) else float("nan")
+
+    def mean(values: dict[str, float]) -> float:
+        finite = [v for v in values.values() if not np.isnan(v)]
+        return float(np.mean(finite)) if finite else float("nan")
+
+    return {"accuracy": mean(accuracy), "balanced_accuracy": mean(balanced), "macro_auc": mean(auc),
+            "recall": recall, "auc": auc, "positives": positives}
+
+
+class MultiLabelProbe:
+    """One binary probe per finding, each fitted on the images whose label is known;
+    ``predict_proba`` gives ``N×findings`` probabilities of presence."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+        self.models: list[Any] = []
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "MultiLabelProbe":
+        self.models = []
+        for j in range(y.shape[1]):
+            known = ~np.isnan(y[:, j])
+            truth = y[known, j].astype(int)
+            if len(set(truth.tolist())) < 2:  # one class only: its frequency (or 0.5 with no label)
+                self.models.append(float(truth.mean()) if len(truth) else 0.5)
+            else:
+                model = self.make()
+                if getattr(model, "n_neighbors", 0) > len(truth):
+                    model.set_params(n_neighbors=len(truth))
+                self.models.append(model.fit(x[known], truth))
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        columns = [np.full(len(x), m) if isinstance(m, float) else m.predict_proba(x)[:, list(m.classes_).index(1)] for m in self.models]
+        return np.stack(columns, axis=1)
+
+
+def multilabel_probe_rows(features: FeatureSet, labels: dict[str, np.ndarray], findings: list[str], settings: EvaluationSettings) -> list[dict[str, Any]]:
+    """:func:`probe_rows` for multi-label targets: linear (C chosen on val by mean AUC)
+    and kNN probes, one binary probe per finding, scored by per-finding AUC."""
+    rows = []
+    train_y = labels["train"]
+    for fraction in settings.label_fractions:
+        chosen = np.arange(len(train_y))
+        if fraction < 1.0:
+            size = max(2, int(round(fraction * len(train_y))))
+            chosen = np.sort(np.random.default_rng(settings.seed).choice(len(train_y), size=size, replace=False))
+        x, y = features.train[chosen], train_y[chosen]
+        for probe_name in settings.probes:
+            if probe_name == "linear":
+                best_c = 1.0
+                if features.val is not None and len(labels.get("val", [])):
+                    scores = {}
+                    for c in PROBE_C_GRID:
+                        fitted = MultiLabelProbe(lambda c=c: linear_probe(c, settings.seed)).fit(x, y)
+                        scores[c] = multilabel_metrics(labels["val"], fitted.predict_proba(features.val), findings)["macro_auc"]
+                    best_c = max(scores, key=lambda c: (np.nan_to_num(scores[c], nan=-1.0), -abs(np.log10(c))))
+                model = MultiLabelProbe(lambda: linear_probe(best_c, settings.seed)).fit(x, y)
+                extra: dict[str, Any] = {"C": best_c}
+            else:
+                k = min(settings.knn_k, len(y))
+                model = MultiLabelProbe(lambda: KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance")).fit(x, y)
+                extra = {"k": k}
+            proba = model.predict_proba(features.test)
+            rows.append({"model": features.model, "probe": probe_name, "label_fraction": fraction, "train_images": int(len(y)),
+                         **extra, **multilabel_metrics(labels["test"], proba, findings)})
+    return rows

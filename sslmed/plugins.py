@@ -33,7 +33,15 @@ DEFAULT_PLUGINS = (
     "sslmed.default_plugins.augmentations",
     "sslmed.default_plugins.backbones",
     "sslmed.default_plugins.datasets",
+    "sslmed.default_plugins.chexpert",
+    "sslmed.default_plugins.data_commands",
     "sslmed.default_plugins.simclr",
+    "sslmed.default_plugins.erasing",
+    "sslmed.default_plugins.decoders",
+    "sslmed.default_plugins.crsm",
+    "sslmed.default_plugins.union",
+    "sslmed.default_plugins.report_command",
+    "sslmed.default_plugins.serve_command",
 )
 
 # hook name for each component kind

@@ -257,13 +257,21 @@ def apply_override(data: dict[str, Any], text: str) -> None:
         raise UsageError(f"--set {text}: cannot set a key inside a {type(node).__name__}")
 
 
-def _apply_defaults(data: dict[str, Any]) -> None:
+def _apply_defaults(data: dict[str, Any], lines: _LineMap) -> None:
+    """Merge ``defaults`` into each step; inherited keys keep the defaults' line numbers."""
     defaults = data.pop("defaults", None) or {}
     if not isinstance(defaults, dict):
         return
     steps = data.get("steps")
-    if isinstance(steps, list):
-        data["steps"] = [deep_merge(defaults, s) if isinstance(s, dict) else s for s in steps]
+    if not isinstance(steps, list):
+        return
+    inherited = {loc[1:]: where for loc, where in lines.where.items() if loc[:1] == ("defaults",) and len(loc) > 1}
+    for index, step in enumerate(steps):
+        if not isinstance(step, dict):
+            continue
+        for tail, where in inherited.items():
+            lines.where.setdefault(("steps", index) + tail, where)
+        steps[index] = deep_merge(defaults, step)
 
 
 # --------------------------------------------------------------------- validation
@@ -418,7 +426,7 @@ def load_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> t
     data = _load_with_extends(Path(path), lines)
     for text in overrides:
         apply_override(data, text)
-    _apply_defaults(data)
+    _apply_defaults(data, lines)
     return data, lines
 
 

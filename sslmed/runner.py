@@ -25,10 +25,10 @@ import yaml
 
 from sslmed import __version__
 from sslmed.checkpoints import atomic_write_json, atomic_write_text, load_backbone_weights, load_tensors, read_backbone_meta
-from sslmed.data import ImageSource, resolve_data_root
+from sslmed.data import ImageSource, resolve_data_root, write_run_data
 from sslmed.engine import backbone_identity, is_worker_process, step_is_done, train_step
 from sslmed.errors import DataError, RecipeError, UsageError
-from sslmed.evaluation import FeatureSet, LabelledSplit, extract_features, probe_rows, raw_pixels, supervised_proba, metrics
+from sslmed.evaluation import FeatureSet, LabelledSplit, extract_features, probe_rows, raw_pixels, supervised_proba, metrics, predictions
 from sslmed.plugins import get_registry, plugin_infos
 from sslmed.predict import export_classifier
 from sslmed.recipe import Recipe, load_raw, validate
@@ -72,12 +72,13 @@ def build_sources(recipe: Recipe, registry: Registry, only: set[str] | None = No
     if problems:
         raise DataError("; ".join(problems) if len(problems) == 1 else "data problems:\n  " + "\n  ".join(problems))
     for step in recipe.steps:
-        sources[step.data].records(step.split)  # raises for an unknown split
+        if step.data in sources:
+            sources[step.data].records(step.split)  # raises for an unknown split
     if recipe.evaluation:
         source = sources[recipe.evaluation.data]
         for split in (recipe.evaluation.train_split, recipe.evaluation.test_split):
             records = source.records(split)
-            if any(r.label < 0 for r in records):
+            if any(not r.is_labelled for r in records):
                 raise DataError(f"evaluation data {recipe.evaluation.data!r} split {split!r} has unlabelled images; the probe needs labels")
     return sources
 
@@ -173,6 +174,7 @@ def run_recipe(
         atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_document(recipe), sort_keys=False))
         if not (run_dir / "manifest.json").exists():
             atomic_write_json(run_dir / "manifest.json", manifest(recipe, sources))
+            write_run_data(run_dir, sources)  # splits/<alias>.csv (pinnable) and skipped/<alias>.csv
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
         log.info("run folder: %s", run_dir)
 
@@ -251,11 +253,13 @@ def evaluate_run(run_dir: Path, recipe: Recipe | None = None, registry: Registry
     if "raw_pixels" in settings.baselines:
         pixels = {k: raw_pixels(s, size) for k, s in splits.items()}
         rows += probe_rows(FeatureSet("raw_pixels", pixels["train"], pixels["test"], pixels.get("val")), labels, source.classes, settings)
-    if "supervised" in settings.baselines:
+    if "supervised" in settings.baselines and source.task == "multilabel":
+        log.warning("evaluation: the supervised reference is not available for multi-label data yet; skipped")
+    elif "supervised" in settings.baselines:
         log.info("evaluation: training the supervised reference")
         for fraction in settings.label_fractions:
             proba = supervised_proba(build_backbone(), splits["train"], splits["test"], len(source.classes), size, channels, settings.supervised, settings.seed, fraction)
-            rows.append({"model": "supervised", "probe": "end-to-end", "label_fraction": fraction, "train_images": int(len(splits["train"].records) * fraction), **metrics(labels["test"], proba, source.classes)})
+            rows.append({"model": "supervised", "probe": "end-to-end", "label_fraction": fraction, "train_images": int(len(splits["train"].records) * fraction), **metrics(labels["test"], proba, source.classes), "test_predictions": predictions(labels["test"], proba)})
 
     if "linear" in features.probes:
         extras = read_backbone_meta(step_dir).get("extras", {})
@@ -263,18 +267,19 @@ def evaluate_run(run_dir: Path, recipe: Recipe | None = None, registry: Registry
             "extras": extras,
             "recipe": recipe.name, "step": step.name, "backbone": step.backbone.spec(), "in_channels": channels,
             "image_size": size, "classes": source.classes, "data": settings.data,
-            "metrics": next(r for r in rows if r["model"] == features.model and r["probe"] == "linear" and r["label_fraction"] == 1.0),
+            "metrics": {k: v for k, v in next(r for r in rows if r["model"] == features.model and r["probe"] == "linear" and r["label_fraction"] == 1.0).items() if k != "test_predictions"},
         }, extra_tensors={name: load_tensors(step_dir / f"{name}.safetensors") for name in extras})
     return write_results(run_dir, recipe, rows, source.classes)
 
 
 def results_table(rows: list[dict[str, Any]], classes: list[str]) -> str:
     """A Markdown table: one row per model, probe and label fraction."""
-    head = ["model", "probe", "labels", "accuracy", "bal. accuracy", "macro AUC"] + [f"recall {c}" for c in classes]
+    per = "auc" if rows and "auc" in rows[0] else "recall"  # multi-label rows: AUC per finding
+    head = ["model", "probe", "labels", "accuracy", "bal. accuracy", "macro AUC"] + [f"{per} {c}" for c in classes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["model"], row["probe"], f"{row['label_fraction']:.0%}", f"{row['accuracy']:.3f}", f"{row['balanced_accuracy']:.3f}",
-                 "n/a" if np.isnan(row["macro_auc"]) else f"{row['macro_auc']:.3f}"] + [f"{row['recall'][c]:.3f}" for c in classes]
+                 "n/a" if np.isnan(row["macro_auc"]) else f"{row['macro_auc']:.3f}"] + [f"{row[per][c]:.3f}" for c in classes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

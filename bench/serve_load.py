@@ -1,0 +1,220 @@
+"""Latency of the web API under concurrent clients, on loopback only.
+
+Starts ``sslmed serve`` for a model in a separate process on 127.0.0.1 (or talks to
+one already running on loopback with ``--url``), then runs rounds of requests
+against the ``/predict`` endpoint (no Grad-CAM) with ``gradio_client``: each of C
+clients sends its requests one after another, all clients at once. A request is
+timed from the client's side: upload of a 224×224 PNG (a real radiograph), queue,
+inference, answer. Also timed: the model alone (``Predictor.predict_images``) in
+this process, for the share of the time that is not HTTP and queueing.
+
+Without ``--model`` a ResNet-18 at 224 px (ImageNet stem, 1 channel) with a linear
+head is exported to a temporary folder: random weights, because speed does not
+depend on them.
+
+    .venv/bin/python bench/serve_load.py                          # rounds: 1 client, 50 clients
+    .venv/bin/python bench/serve_load.py --clients 1 4 50 --requests 100 --concurrency 2
+
+Bounded: at most 64 clients and 2,000 requests per round, and every round stops at
+``--time-limit`` seconds (unfinished requests count as errors). Results go to stdout
+as a Markdown table (for docs/benchmarks.md); note the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+MAX_CLIENTS = 64
+MAX_REQUESTS = 2000
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+IMAGE = DATA / "samples" / "darkcovidnet_00001304_001.png"
+
+
+def export_resnet18(directory: Path, image_size: int = 224) -> Path:
+    """A ResNet-18 classifier export (random init, 3 classes) at ``image_size``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from sslmed.plugins import get_registry
+    from sslmed.predict import export_classifier
+
+    torch.manual_seed(0)
+    spec = {"name": "resnet18", "small_input": False}
+    backbone = get_registry().build("backbone", spec, in_channels=1).eval()
+    rng = np.random.default_rng(0)
+    features, labels = rng.normal(size=(30, backbone.feature_dim)), np.arange(30) % 3
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(features, labels)
+    export_classifier(directory, backbone, probe, {
+        "extras": {}, "recipe": "bench (random weights)", "step": "none", "backbone": spec, "in_channels": 1,
+        "image_size": image_size, "classes": ["Covid-19", "No_findings", "Pneumonia"], "data": "none", "metrics": {},
+    })
+    return directory
+
+
+def check_loopback(url: str) -> None:
+    host = urllib.parse.urlparse(url).hostname or ""
+    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+        raise SystemExit(f"--url {url}: this benchmark only talks to loopback (127.0.0.1)")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model: Path, concurrency: int, threads: int | None, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    sslmed = Path(sys.executable).with_name("sslmed")
+    command = [str(sslmed), "-q", "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--concurrency", str(concurrency)]
+    with open(log, "wb") as out:  # a file, not a pipe: a full pipe would stall the server
+        process = subprocess.Popen(command + (["--threads", str(threads)] if threads else []), stdout=subprocess.DEVNULL, stderr=out)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited: {log.read_text(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "gradio_api/info", timeout=2):
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.terminate()
+    raise SystemExit("the server did not start within 120 s")
+
+
+def run_round(url: str, image: str, clients: int, requests: int, time_limit: float) -> dict[str, float]:
+    """``clients`` clients at once, ``requests`` requests in all; latencies in ms."""
+    from gradio_client import Client, handle_file
+
+    with ThreadPoolExecutor(clients) as pool:
+        connections = list(pool.map(lambda _: Client(url, verbose=False, download_files=False), range(clients)))
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    remaining = [requests]
+    deadline = time.monotonic() + time_limit
+    start = threading.Barrier(clients)
+
+    def client_loop(client: object) -> None:
+        nonlocal errors
+        start.wait()
+        while True:
+            with lock:
+                if remaining[0] <= 0:
+                    return
+                remaining[0] -= 1
+            if time.monotonic() > deadline:
+                with lock:
+                    errors += 1
+                continue
+            began = time.perf_counter()
+            try:
+                client.submit(handle_file(image), api_name="/predict").result(timeout=max(0.1, deadline - time.monotonic()))
+                with lock:
+                    latencies.append((time.perf_counter() - began) * 1000)
+            except Exception:
+                with lock:
+                    errors += 1
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client_loop, connections))
+    wall = time.perf_counter() - began
+    for client in connections:
+        client.close()
+    ordered = sorted(latencies) or [float("nan")]
+    return {
+        "clients": clients, "requests": requests, "ok": len(latencies), "errors": errors,
+        "p50": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))],
+        "max": ordered[-1], "per_s": len(latencies) / wall,
+    }
+
+
+def model_only_ms(model: Path, image: str, repeats: int = 30) -> tuple[float, float]:
+    """Median ms of loading + predicting one image in-process (load+predict, predict only)."""
+    from sslmed.predict import Predictor
+
+    predictor = Predictor(model, device="cpu")
+    loaded = predictor.load(image)
+    predictor.predict_images([loaded])  # warm-up
+    full, bare = [], []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        predictor.predict([image])
+        full.append((time.perf_counter() - began) * 1000)
+        began = time.perf_counter()
+        predictor.predict_images([loaded])
+        bare.append((time.perf_counter() - began) * 1000)
+    return statistics.median(full), statistics.median(bare)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="run folder or model folder (default: a random ResNet-18 at 224 px)")
+    parser.add_argument("--url", help="a server already running on loopback (default: start one)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 50], help="concurrent clients of each round")
+    parser.add_argument("--requests", type=int, default=100, help="requests per round")
+    parser.add_argument("--concurrency", type=int, default=2, help="the server's queue concurrency (when started here)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per request in the server (default: its own, cores / concurrency)")
+    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per round at most")
+    parser.add_argument("--size", type=int, default=224, help="side of the PNG sent (px)")
+    args = parser.parse_args()
+    if any(not 1 <= c <= MAX_CLIENTS for c in args.clients) or not 1 <= args.requests <= MAX_REQUESTS:
+        raise SystemExit(f"clients must be 1..{MAX_CLIENTS} and requests 1..{MAX_REQUESTS}")
+    if not IMAGE.is_file():
+        raise SystemExit(f"{IMAGE} not found: the benchmark needs ../shared/data/samples")
+
+    with tempfile.TemporaryDirectory(prefix="sslmed-serve-bench-") as temp:
+        image = str(Path(temp) / f"xray_{args.size}.png")
+        Image.open(IMAGE).convert("L").resize((args.size, args.size), Image.Resampling.BILINEAR).save(image)
+        model = args.model or export_resnet18(Path(temp) / "model")
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.concurrency)  # what the server uses
+        torch.set_num_threads(threads)
+        full_ms, bare_ms = model_only_ms(model, image)
+        process = None
+        if args.url:
+            check_loopback(args.url)
+            url = args.url
+        else:
+            process, url = start_server(model, args.concurrency, args.threads, Path(temp) / "server.log")
+        try:
+            run_round(url, image, 1, 5, 60)  # warm-up
+            rows = [run_round(url, image, clients, max(args.requests, clients), args.time_limit) for clients in args.clients]
+        finally:
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.1f}; model {model if args.model else 'ResNet-18, 224 px, random weights'}; "
+          f"server concurrency {args.concurrency}, torch threads per request {threads}")
+    print(f"model alone, in-process ({threads} thread(s)): load + predict {full_ms:.1f} ms, predict only {bare_ms:.1f} ms (median)\n")
+    print("| clients | requests | ok | errors | p50 ms | p95 ms | max ms | requests/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['requests']} | {r['ok']} | {r['errors']} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} | {r['per_s']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

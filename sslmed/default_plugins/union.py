@@ -1,0 +1,131 @@
+"""The ``union`` dataset: several sources pooled into one unlabelled pre-training corpus.
+
+Each source is an ordinary dataset spec (``{name: csv, path: covid3, ...}``) built
+through the registry, with the split(s) to take from it. Images of an excluded split of
+another source (typically the target set's test split) are removed, matched by resolved
+file path (or array index, for array-backed sets) *and* by patient id, so that no test
+image and no test patient reaches pre-training. The corpus has one split, ``train``;
+its records are unlabelled and refer to their source as ``"<source index>:<ref>"``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Union
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from sslmed.data import UNLABELLED, ImageRecord, ImageSource
+from sslmed.errors import DataError, UsageError
+from sslmed.hookspecs import hookimpl
+
+log = logging.getLogger(__name__)
+
+
+class UnionPart(BaseModel):
+    """One source of the corpus, or one split to exclude from it."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: dict[str, Any] = Field(description="a dataset spec, e.g. {name: csv, path: covid3, patient_column: patient_id}")
+    split: str = Field("all", description="which split of it ('all': every split)")
+
+
+class UnionArgs(BaseModel):
+    """Arguments of ``union``: the sources to pool and the splits to keep out."""
+
+    model_config = ConfigDict(extra="forbid")
+    sources: list[UnionPart] = Field(min_length=1, description="the datasets pooled, each with the split taken from it")
+    exclude: list[UnionPart] = Field(
+        [], description="splits whose images and patients must not be in the corpus (e.g. the target's test split)"
+    )
+    exclude_patients: bool = Field(True, description="also drop every image of a patient found in an excluded split")
+
+
+def record_key(source: ImageSource, ref: Union[str, int]) -> str:
+    """What identifies an image across sources: its resolved file path, or for
+    array-backed sets (no root) the set's name and the index."""
+    if source.root is not None:
+        return str((Path(source.root) / str(ref)).resolve())
+    return f"{source.name}#{ref}"
+
+
+class UnionReader:
+    """``read("<i>:<ref>")`` -> the image ``ref`` of source ``i``."""
+
+    def __init__(self, readers: list[Callable[..., Image.Image]]) -> None:
+        self.readers = readers
+
+    def __call__(self, ref: Union[str, int], mode: str = "L") -> Image.Image:
+        index, _, inner = str(ref).partition(":")
+        return self.readers[int(index)](inner, mode)
+
+
+@dataclass
+class UnionSource(ImageSource):
+    """An :class:`ImageSource` whose summary also says what was pooled and excluded."""
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out["union"] = self.details
+        return out
+
+
+def _build(spec: dict[str, Any], data_root: Path, where: str) -> ImageSource:
+    from sslmed.plugins import get_registry
+
+    if not isinstance(spec.get("name"), str):
+        raise UsageError(f"union {where}: dataset must be a spec with a name, e.g. {{name: csv, path: covid3}}; got {spec!r}")
+    if spec["name"] == "union":
+        raise UsageError(f"union {where}: a union cannot contain another union")
+    try:
+        return get_registry().build("dataset", spec, data_root=data_root)
+    except DataError as exc:
+        raise DataError(f"union {where} ({spec['name']}): {exc}") from None
+
+
+def build_union(args: UnionArgs, *, data_root: Path, **_context: Any) -> UnionSource:
+    """Several datasets pooled into one unlabelled corpus, an excluded split removed."""
+    excluded_keys: set[str] = set()
+    excluded_patients: set[str] = set()
+    for index, part in enumerate(args.exclude):
+        source = _build(part.dataset, data_root, f"exclude[{index}]")
+        for record in source.records(part.split):
+            excluded_keys.add(record_key(source, record.ref))
+            if record.patient_id:
+                excluded_patients.add(str(record.patient_id))
+    records, readers, parts = [], [], []
+    dropped_path = dropped_patient = 0
+    for index, part in enumerate(args.sources):
+        source = _build(part.dataset, data_root, f"sources[{index}]")
+        readers.append(source.read)
+        kept = 0
+        for record in source.records(part.split):
+            if record_key(source, record.ref) in excluded_keys:
+                dropped_path += 1
+                continue
+            if args.exclude_patients and record.patient_id and str(record.patient_id) in excluded_patients:
+                dropped_patient += 1
+                continue
+            records.append(ImageRecord(f"{index}:{record.ref}", UNLABELLED, record.patient_id))
+            kept += 1
+        parts.append({"dataset": part.dataset.get("name"), "path": part.dataset.get("path"), "split": part.split, "images": kept})
+    if not records:
+        raise DataError("union: every image was excluded; the corpus is empty")
+    details = {
+        "sources": parts,
+        "excluded_by_path": dropped_path,
+        "excluded_by_patient": dropped_patient,
+        "excluded_split_images": len(excluded_keys),
+        "excluded_split_patients": len(excluded_patients),
+    }
+    name = "union(" + "+".join(str(p["path"] or p["dataset"]) for p in parts) + ")"
+    log.info("%s: %d images; excluded %d by path and %d more by patient id", name, len(records), dropped_path, dropped_patient)
+    return UnionSource(name, [], {"train": records}, UnionReader(readers), root=None, details=details)
+
+
+@hookimpl
+def register_datasets(register: Any) -> None:
+    register("union", build_union, args=UnionArgs)
