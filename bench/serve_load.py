@@ -2,11 +2,13 @@
 
 Starts ``sslmed serve`` for a model in a separate process on 127.0.0.1 (or talks to
 one already running on loopback with ``--url``), then runs rounds of requests
-against the ``/predict`` endpoint (no Grad-CAM) with ``gradio_client``: each of C
-clients sends its requests one after another, all clients at once. A request is
-timed from the client's side: upload of a 224×224 PNG (a real radiograph), queue,
-inference, answer. Also timed: the model alone (``Predictor.predict_images``) in
-this process, for the share of the time that is not HTTP and queueing.
+against the ``/predict`` endpoint (no Grad-CAM): each of C clients sends its
+requests one after another, all clients at once. A request is timed from the
+client's side: upload of a 224×224 PNG (a real radiograph), queue, inference,
+answer. Two clients: plain HTTP (the three requests of docs/serving.md's curl
+example, with httpx) and ``gradio_client`` (which adds its own overhead per call).
+Also timed: the model alone (``Predictor.predict``) in this process, with the
+server's threads per request, for the share of the time that is not HTTP.
 
 Without ``--model`` a ResNet-18 at 224 px (ImageNet stem, 1 channel) with a linear
 head is exported to a temporary folder: random weights, because speed does not
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import platform
 import statistics
@@ -103,12 +106,52 @@ def start_server(model: Path, concurrency: int, threads: int | None, log: Path) 
     raise SystemExit("the server did not start within 120 s")
 
 
-def run_round(url: str, image: str, clients: int, requests: int, time_limit: float) -> dict[str, float]:
-    """``clients`` clients at once, ``requests`` requests in all; latencies in ms."""
-    from gradio_client import Client, handle_file
+class HttpClient:
+    """The plain HTTP protocol of docs/serving.md (upload, call, read the result)."""
 
+    def __init__(self, url: str, timeout: float) -> None:
+        import httpx
+
+        self.http = httpx.Client(base_url=url, timeout=timeout)
+
+    def predict(self, image: str, timeout: float) -> dict:
+        with open(image, "rb") as handle:
+            uploaded = self.http.post("gradio_api/upload", files={"files": (Path(image).name, handle, "image/png")}, timeout=timeout)
+        uploaded.raise_for_status()
+        data = {"data": [{"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}]}
+        event = self.http.post("gradio_api/call/predict", json=data, timeout=timeout)
+        event.raise_for_status()
+        answer = self.http.get(f"gradio_api/call/predict/{event.json()['event_id']}", timeout=timeout).text
+        if "event: complete" not in answer:
+            raise RuntimeError(answer[-300:])
+        return json.loads(answer.split("data:", 1)[1])[0]
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class GradioClient:
+    """``gradio_client.Client`` (what docs/serving.md shows for Python)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        from gradio_client import Client
+
+        self.client = Client(url, verbose=False, download_files=False)
+
+    def predict(self, image: str, timeout: float) -> dict:
+        from gradio_client import handle_file
+
+        return self.client.submit(handle_file(image), api_name="/predict").result(timeout=timeout)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def run_round(url: str, image: str, clients: int, requests: int, time_limit: float, kind: str) -> dict[str, float]:
+    """``clients`` clients at once, ``requests`` requests in all; latencies in ms."""
+    make = HttpClient if kind == "http" else GradioClient
     with ThreadPoolExecutor(clients) as pool:
-        connections = list(pool.map(lambda _: Client(url, verbose=False, download_files=False), range(clients)))
+        connections = list(pool.map(lambda _: make(url, time_limit), range(clients)))
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -116,7 +159,7 @@ def run_round(url: str, image: str, clients: int, requests: int, time_limit: flo
     deadline = time.monotonic() + time_limit
     start = threading.Barrier(clients)
 
-    def client_loop(client: object) -> None:
+    def client_loop(client: HttpClient | GradioClient) -> None:
         nonlocal errors
         start.wait()
         while True:
@@ -130,7 +173,8 @@ def run_round(url: str, image: str, clients: int, requests: int, time_limit: flo
                 continue
             began = time.perf_counter()
             try:
-                client.submit(handle_file(image), api_name="/predict").result(timeout=max(0.1, deadline - time.monotonic()))
+                result = client.predict(image, timeout=max(0.1, deadline - time.monotonic()))
+                assert "label" in result, result
                 with lock:
                     latencies.append((time.perf_counter() - began) * 1000)
             except Exception:
@@ -145,7 +189,7 @@ def run_round(url: str, image: str, clients: int, requests: int, time_limit: flo
         client.close()
     ordered = sorted(latencies) or [float("nan")]
     return {
-        "clients": clients, "requests": requests, "ok": len(latencies), "errors": errors,
+        "client": kind, "clients": clients, "requests": requests, "ok": len(latencies), "errors": errors,
         "p50": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))],
         "max": ordered[-1], "per_s": len(latencies) / wall,
     }
@@ -177,6 +221,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100, help="requests per round")
     parser.add_argument("--concurrency", type=int, default=2, help="the server's queue concurrency (when started here)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per request in the server (default: its own, cores / concurrency)")
+    parser.add_argument("--client", choices=["http", "gradio_client", "both"], default="both",
+                        help="plain HTTP (the curl protocol) and/or gradio_client, which adds its own overhead")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per round at most")
     parser.add_argument("--size", type=int, default=224, help="side of the PNG sent (px)")
     args = parser.parse_args()
@@ -185,13 +231,14 @@ def main() -> None:
     if not IMAGE.is_file():
         raise SystemExit(f"{IMAGE} not found: the benchmark needs ../shared/data/samples")
 
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="sslmed-serve-bench-") as temp:
         image = str(Path(temp) / f"xray_{args.size}.png")
         Image.open(IMAGE).convert("L").resize((args.size, args.size), Image.Resampling.BILINEAR).save(image)
         model = args.model or export_resnet18(Path(temp) / "model")
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.concurrency)  # what the server uses
         torch.set_num_threads(threads)
-        full_ms, bare_ms = model_only_ms(model, image)
+        before = model_only_ms(model, image)
         process = None
         if args.url:
             check_loopback(args.url)
@@ -199,21 +246,25 @@ def main() -> None:
         else:
             process, url = start_server(model, args.concurrency, args.threads, Path(temp) / "server.log")
         try:
-            run_round(url, image, 1, 5, 60)  # warm-up
-            rows = [run_round(url, image, clients, max(args.requests, clients), args.time_limit) for clients in args.clients]
+            kinds = ["http", "gradio_client"] if args.client == "both" else [args.client]
+            run_round(url, image, 1, 5, 60, kinds[0])  # warm-up
+            rows = [run_round(url, image, clients, max(args.requests, clients), args.time_limit, kind)
+                    for kind in kinds for clients in args.clients]
         finally:
             if process is not None:
                 process.terminate()
                 process.wait(timeout=30)
+        after = model_only_ms(model, image)  # again: on a shared machine the load changes
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
-          f"load average {os.getloadavg()[0]:.1f}; model {model if args.model else 'ResNet-18, 224 px, random weights'}; "
+          f"load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end; model {model if args.model else 'ResNet-18, 224 px, random weights'}; "
           f"server concurrency {args.concurrency}, torch threads per request {threads}")
-    print(f"model alone, in-process ({threads} thread(s)): load + predict {full_ms:.1f} ms, predict only {bare_ms:.1f} ms (median)\n")
-    print("| clients | requests | ok | errors | p50 ms | p95 ms | max ms | requests/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"model alone, in-process ({threads} thread(s)), median before / after the rounds: "
+          f"load + predict {before[0]:.1f} / {after[0]:.1f} ms, predict only {before[1]:.1f} / {after[1]:.1f} ms\n")
+    print("| client | clients | requests | ok | errors | p50 ms | p95 ms | max ms | requests/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['clients']} | {r['requests']} | {r['ok']} | {r['errors']} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} | {r['per_s']:.1f} |")
+        print(f"| {r['client']} | {r['clients']} | {r['requests']} | {r['ok']} | {r['errors']} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} | {r['per_s']:.1f} |")
 
 
 if __name__ == "__main__":

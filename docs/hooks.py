@@ -131,7 +131,7 @@ def _type(prop: dict[str, Any], anchors: dict[str, str]) -> str:
     if "anyOf" in prop:
         return " or ".join(_type(option, anchors) for option in prop["anyOf"])
     if "enum" in prop:
-        return " \\| ".join(f"`{json.dumps(v)}`" for v in prop["enum"])
+        return "one of " + ", ".join(f"`{json.dumps(v)}`" for v in prop["enum"])
     if "const" in prop:
         return f"`{json.dumps(prop['const'])}`"
     kind = prop.get("type", "any")
@@ -164,7 +164,10 @@ def recipe_schema() -> dict[str, Any]:
 
 def render_recipe_schema() -> str:
     schema = recipe_schema()
-    definitions = schema.get("$defs", {})
+    order = ["StepSettings", "ComponentSpec", "OptimizerSettings", "ScheduleSettings", "EvaluationSettings", "SupervisedSettings"]
+    found = schema.get("$defs", {})
+    definitions = {name: found[name] for name in order if name in found}
+    definitions.update({name: value for name, value in found.items() if name not in definitions})
     anchors = {name: f"recipe-{name.lower()}" for name in definitions}
     anchors["Recipe"] = "recipe-recipe"
     out = [f"### Recipe {{#recipe-recipe}}\n", schema.get("description", ""), "", _fields_table(schema, anchors)]
@@ -209,10 +212,10 @@ def render_components() -> str:
 
 
 def render_hook_list() -> str:
-    rows = ["| hook | called | signature |", "|---|---|---|"]
+    rows = ["| hook, with its exact signature | what it is for |", "|---|---|"]
     for name, fn in hook_specs():
         summary = (inspect.getdoc(fn) or "").splitlines()[0]
-        rows.append(f"| [`{name}`](#{name}) | {_cell(summary)} | `{hook_signature(fn)}` |")
+        rows.append(f"| [`{hook_signature(fn)}`](#{name}) | {_cell(summary)} |")
     return "\n".join(rows) + "\n"
 
 

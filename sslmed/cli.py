@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     if not verbose:
+        # Lightning's own deprecation notice about torch internals; nothing a user can act on
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -268,6 +268,34 @@ def entries_for_target(runs: list[Run], probe: str = "linear", fraction: float =
     return entries
 
 
+CLAIMS = [
+    ("SimCLR + MDRE", "SimCLR + erasing", "MDRE beats classic random erasing"),
+    ("SimCLR + erasing", "SimCLR", "random erasing beats no erasing"),
+    ("CRSM", "SimCLR", "CRSM beats SimCLR"),
+    ("CRSM multi-step", "CRSM", "multi-step pre-training beats a single step"),
+    ("CRSM transfer", "random init", "transfer works: pre-training on other data beats random init"),
+]
+
+
+def claim_lines(entries: list[Entry], metric: str = "balanced_accuracy") -> list[str]:
+    """The thesis's claims, checked on one target's table: held (better, intervals apart),
+    direction only (better, intervals overlap) or not held."""
+    by_label = {e.label: e.values.get(metric) for e in entries}
+    lines = []
+    for better, worse, claim in CLAIMS:
+        a, b = by_label.get(better), by_label.get(worse)
+        if not a or not b or math.isnan(a[0]) or math.isnan(b[0]):
+            continue
+        if a[0] > b[0] and not math.isnan(a[1]) and not math.isnan(b[2]) and a[1] > b[2]:
+            verdict = "held (the 95% intervals do not overlap)"
+        elif a[0] > b[0]:
+            verdict = "direction only: higher, but the 95% intervals overlap"
+        else:
+            verdict = "did NOT hold"
+        lines.append(f"- {claim}: {better} {a[0]:.3f} vs {worse} {b[0]:.3f} ({metric.replace('_', ' ')}): {verdict}.")
+    return lines
+
+
 def markdown_table(entries: list[Entry], classes: list[str]) -> str:
     head = ["method", "accuracy", "balanced accuracy", "macro AUC"] + [f"recall {c}" for c in classes] + ["CI"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -324,16 +352,19 @@ def loss_figure(runs: list[Run], path: Path) -> bool:
         return False
     plt = _pyplot()
     terms = ["loss", "contrastive", "reconstruction"]
+    colours = plt.get_cmap("tab20")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for axis, term in zip(axes, terms):
-        for label, c in curves:
+        for index, (label, c) in enumerate(curves):  # one colour per run in every panel
             if c.get(term):
                 steps, values = zip(*c[term])
-                axis.plot(steps, values, label=label, linewidth=1)
+                axis.plot(steps, values, label=label, linewidth=1, color=colours(index % 20))
         axis.set_title({"loss": "training loss (total)", "contrastive": "CRSM: NT-Xent term", "reconstruction": "CRSM: reconstruction term"}[term])
         axis.set_xlabel("optimiser step (steps of a multi-step run in sequence)")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    if any(c.get("reconstruction") for _, c in curves):
+        axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -594,6 +625,9 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, samples: int =
         classes = target_runs[0].classes
         entries = entries_for_target(target_runs, samples=samples)
         lines += [f"## Target: {target}", "", markdown_table(entries, classes), ""]
+        checked = claim_lines(entries)
+        if checked:
+            lines += ["Claims of the thesis on this target:", ""] + checked + [""]
         if figures:
             name = f"confusion_{_slug(target)}.png"
             if confusion_figure(entries, classes, out / name):

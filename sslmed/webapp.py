@@ -38,6 +38,8 @@ DEFAULT_PORT = 7860
 #: queued requests beyond this are refused at once instead of waiting without bound
 DEFAULT_QUEUE_SIZE = 256
 IMAGE_HEIGHT = 320
+#: (how often, how old) in seconds: uploaded and generated files older than an hour are deleted
+CACHE_LIFETIME = (1800, 3600)
 #: file kinds offered as examples and named on the page
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".dcm", ".dicom")
 
@@ -86,6 +88,8 @@ class DemoService:
             return self.predictor.load(path)
         except ImageLoadError as exc:
             raise DemoError(str(exc).replace(path, name)) from None
+        except Exception as exc:  # the loader should name every problem; never show a traceback
+            raise DemoError(f"{name}: could not be read as an image ({type(exc).__name__})") from exc
 
     def predict(self, file: Any) -> dict[str, float]:
         """Class probabilities ``{label: p}`` of one uploaded image."""
@@ -200,19 +204,18 @@ def build_demo(
     examples, captions = example_files(examples_dir)
     size = predictor.image_size
 
-    with gr.Blocks(title="sslmed: chest X-ray classification", analytics_enabled=False) as demo:
+    # uploads and result images live in Gradio's cache; delete them after an hour
+    with gr.Blocks(title="sslmed: chest X-ray classification", analytics_enabled=False, delete_cache=CACHE_LIFETIME) as demo:
         gr.Markdown(
             "# Chest X-ray classification (sslmed)\n"
-            f"Upload or drop a radiograph ({FORMATS_TEXT}, up to {max_upload_mb:g} MB) and press "
-            "**Classify**. " + DISCLAIMER
+            f"Upload or drop a radiograph ({FORMATS_TEXT}, up to {max_upload_mb:g} MB) or click an "
+            "example: it is classified at once (**Classify** runs it again). " + DISCLAIMER
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 upload = gr.File(label=f"X-ray image ({FORMATS_TEXT})", file_count="single", type="filepath", elem_id="upload")
                 classify = gr.Button("Classify", variant="primary", elem_id="classify")
-                if examples:
-                    gr.Examples(examples=[[path] for path in examples], inputs=[upload], example_labels=captions,
-                                label="Examples (real radiographs; the label in brackets is the data set's)")
+                example_slot = gr.Column()
             with gr.Column(scale=2):
                 label = gr.Label(num_top_classes=min(top_k, len(predictor.classes)), label="Class probabilities", elem_id="probabilities")
                 with gr.Row():
@@ -234,6 +237,16 @@ def build_demo(
 
         def predict(file: Any) -> dict[str, float]:
             return service.predict(file)
+
+        def analyse(file: Any) -> tuple[dict[str, float], Image.Image, Image.Image, Image.Image | None]:
+            model_input, cam, reconstruction = service.explain(file)
+            return service.predict(file), model_input, cam, reconstruction
+
+        if examples:
+            with example_slot:  # clicking an example classifies it at once
+                gr.Examples(examples=[[path] for path in examples], inputs=[upload], example_labels=captions,
+                            outputs=[label, model_view, heatmap, reconstruction], fn=analyse, run_on_click=True,
+                            cache_examples=False, label="Examples (real radiographs; the label in brackets is the data set's)")
 
         cleared = gr.on([classify.click, upload.upload], clear, inputs=None, outputs=[label, model_view, heatmap, reconstruction],
                         queue=False, api_visibility="private", show_progress="hidden")

@@ -16,8 +16,9 @@ How the code blocks of ``docs/**/*.md`` are tested (the conventions a page follo
 * A block with ``title="PATH"``: when PATH is a file of the repository, the block must
   be a verbatim excerpt of it (so the tutorial shows the real code); otherwise it is a
   file the reader creates, written to the working directory before the next block.
-* ``<!-- test-setup: COMMAND -->`` runs COMMAND (bash) before the page's blocks,
-  once per session (e.g. a page that needs a trained run).
+* ``<!-- test-setup: COMMAND -->`` runs COMMAND (bash) before the page's blocks, unless
+  the same command already ran in this session, as a setup or as a line of an earlier
+  page's block (e.g. a page that needs a trained run).
 * A ```` ```text ```` block preceded by ``<!-- test: output -->`` shows the output of the
   block before it: each of its lines must appear in that output (stdout and stderr),
   where ``...`` stands for any text (e.g. a path or a number that differs per run).
@@ -173,7 +174,7 @@ def make_small_data(real: Path, dest: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def workdir(tmp_path_factory: pytest.TempPathFactory):
     """A checkout-like folder for the docs' commands, with a small real data folder."""
     if not (REAL_DATA / "covid3" / "labels.csv").is_file():
         pytest.skip(f"real data not found at {REAL_DATA} (set SSLMED_DATA)")
@@ -193,7 +194,19 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> dict:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "SSLMED_DATA": str(data), "PYTHONUNBUFFERED": "1", "NO_MKDOCS_2_WARNING": "1"}
     env.pop("SSLMED_RUN_DIR", None)
-    return {"dir": work, "env": env, "setup_done": set()}
+    yield {"dir": work, "env": env, "setup_done": set()}
+    stop_servers(work)
+
+
+def stop_servers(work: Path) -> None:
+    """End a server that a page started in the background (``serve.pid``) if it still runs."""
+    import signal
+
+    for pid_file in work.glob("*.pid"):
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
 
 
 def run_block(block: Block, work: dict) -> str:
@@ -252,6 +265,8 @@ def test_page_code_runs(name: str, workdir: dict) -> None:
             check_output(block, last_output)
         elif block.language in RUN_LANGUAGES:
             last_output = run_block(block, workdir) if block.skip is None else None
+            if block.skip is None and block.language == "bash":  # a later page's setup need not repeat it
+                workdir["setup_done"].update(line.strip() for line in block.code.splitlines() if line.strip())
 
 
 def test_runnable_blocks_have_a_known_language():

@@ -18,7 +18,7 @@ from PIL import Image
 from sslmed.explain import grad_cam
 from sslmed.predict import Predictor
 from sslmed.webapp import DISCLAIMER, DemoError, DemoService, build_demo, launch_options, model_card
-from webapp_support import free_port, make_model_export
+from webapp_support import free_port, make_model_export, shared_model_export
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -38,9 +38,9 @@ def samples(data_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def crsm_predictor(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+def crsm_predictor(data_dir: Path) -> Predictor:
     """A model export with a decoder extra, as a CRSM run writes one."""
-    return Predictor(make_model_export(tmp_path_factory.mktemp("crsm-model"), data_dir, decoder=True), device="cpu")
+    return Predictor(shared_model_export(data_dir, decoder=True), device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,11 @@ Optionally it carries a ``decoder`` extra, as a CRSM model does.
 
 from __future__ import annotations
 
+import atexit
 import csv
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +133,17 @@ def make_model_export(
         extra_tensors = {"decoder": module.state_dict()}
     export_classifier(directory, backbone, probe, meta, extra_tensors=extra_tensors)
     return directory
+
+
+_EXPORTS: dict[tuple, Path] = {}
+
+
+def shared_model_export(data_dir: Path, **options: Any) -> Path:
+    """:func:`make_model_export` once per test session and options (read-only: copy it
+    before changing it); removed when the session ends."""
+    key = (str(data_dir), tuple(sorted(options.items())))
+    if key not in _EXPORTS:
+        directory = Path(tempfile.mkdtemp(prefix="sslmed-test-model-"))
+        atexit.register(shutil.rmtree, directory, True)
+        _EXPORTS[key] = make_model_export(directory, data_dir, **options)
+    return _EXPORTS[key]

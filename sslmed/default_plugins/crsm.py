@@ -30,7 +30,7 @@ class CRSMArgs(SimCLRArgs):
     """Arguments of the ``crsm`` objective (the SimCLR ones, plus the reconstruction)."""
 
     decoder: dict[str, Any] = Field(
-        default_factory=lambda: {"name": "resnet_decoder"},
+        {"name": "resnet_decoder"},
         description="the decoder, a component spec {name: ..., <its arguments>} (see `sslmed list decoder`)",
     )
     reconstruction_weight: float = Field(1.0, ge=0, description="λ: loss = NT-Xent + λ · reconstruction")

@@ -27,7 +27,7 @@ class ResNetDecoderArgs(BaseModel):
     and the step)."""
 
     model_config = ConfigDict(extra="forbid")
-    width: int = Field(256, ge=8, description="channels after the first block (halved by each further block)")
+    width: int = Field(128, ge=8, description="channels of the first block (halved by each further block)")
     min_width: int = Field(16, ge=4, description="channels never drop below this")
     convs_per_block: int = Field(1, ge=1, le=4, description="3×3 convolutions per up-sampling block")
     upsample: Literal["nearest", "bilinear", "transposed"] = Field(
