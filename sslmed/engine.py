@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from sslmed.checkpoints import load_backbone_weights, save_backbone, save_tensors
 from sslmed.data import ImageDataset, ImageSource
-from sslmed.errors import UsageError
+from sslmed.errors import SslmedError, UsageError
 from sslmed.methods import SSLMethod
 from sslmed.recipe import StepSettings
 from sslmed.registry import Registry
@@ -133,6 +133,8 @@ def train_step(
     if resume_from:
         log.info("step %s: resuming from %s", step.name, last)
     trainer.fit(method, loader, ckpt_path=resume_from)
+    if trainer.interrupted:  # never mark a step done that did not finish
+        raise SslmedError(f"step {step.name!r} was interrupted; continue it with `sslmed run ... --resume`")
     if trainer.is_global_zero:
         extras = method.extra_exports()
         for name, (module, _description) in extras.items():

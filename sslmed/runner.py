@@ -85,8 +85,9 @@ def build_sources(recipe: Recipe, registry: Registry, only: set[str] | None = No
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        commit = out.stdout.strip()
+        return commit if out.returncode == 0 and len(commit) == 40 else None
     except (OSError, subprocess.SubprocessError):
         return None
 

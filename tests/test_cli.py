@@ -56,7 +56,7 @@ def test_validate_good_recipe(data_dir):
 
 def test_validate_bad_recipe_exits_2_with_every_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(Path("recipes/quickstart.yaml").read_text().replace("temperature: 0.2", "temprature: 0.2").replace("epochs: 3", "epochs: zero"))
+    bad.write_text(Path("recipes/quickstart.yaml").read_text().replace("temperature: 0.2", "temprature: 0.2").replace("    epochs: 5\n", "    epochs: zero\n"))
     result = invoke("validate", str(bad))
     assert result.exit_code == 2
     assert "3 problems in recipe" in result.output  # the typo in defaults reaches both steps

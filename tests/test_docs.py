@@ -7,10 +7,12 @@ How the code blocks of ``docs/**/*.md`` are tested (the conventions a page follo
   working directory shared by all pages (as a reader who follows the docs in order
   would). That directory looks like a checkout: ``recipes/`` and ``plugins/`` are the
   repository's, and ``../shared/data`` (also ``$SSLMED_DATA``) is a small real subset
-  of the shared data: 20 images per class of each folder, 64/32/32 images of
-  PneumoniaMNIST.
-* ``sslmed run`` is made cheap: every step trains 2 optimiser steps of batch 16 and
-  the supervised baseline 2 steps. Everything else runs as written.
+  of the shared data: 20 images per class of each folder (of distinct patients where
+  there are enough), 64/32/32 images of PneumoniaMNIST.
+* ``sslmed run`` is made cheap: every step trains 2 optimiser steps of batch 16 on
+  16 px images and the supervised baseline 2 steps. Everything else runs as written.
+  The commands run in processes forked from one that imported sslmed once (set
+  ``SSLMED_DOCS_FORK=0`` to start each as its own process).
 * A block preceded by ``<!-- test: skip REASON -->`` is not run (a server that does
   not stop, a GPU cluster, a package upload); the reason is required.
 * A block with ``title="PATH"``: when PATH is a file of the repository, the block must
@@ -147,8 +149,11 @@ def make_small_data(real: Path, dest: Path) -> None:
         with open(table, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             fields, rows = reader.fieldnames, list(reader)
-        kept, counts = [], {}
-        for row in rows:
+        kept, counts, seen = [], {}, set()
+        patient = "patient_id" if "patient_id" in (fields or []) else None
+        first = [r for r in rows if not patient or not r[patient] or (r[patient] not in seen and not seen.add(r[patient]))]
+        others = [r for r in rows if r not in first]
+        for row in first + others:  # distinct patients first, so that splits have groups to share out
             if counts.get(row["label"], 0) < PER_CLASS:
                 counts[row["label"]] = counts.get(row["label"], 0) + 1
                 kept.append(row)
@@ -188,14 +193,26 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
         (work / name).symlink_to(REPO / name)
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    wrapper = bin_dir / "sslmed"
-    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(__file__)} --cheap-sslmed \"$@\"\n")
-    wrapper.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "SSLMED_DATA": str(data), "PYTHONUNBUFFERED": "1", "NO_MKDOCS_2_WARNING": "1"}
     env.pop("SSLMED_RUN_DIR", None)
-    yield {"dir": work, "env": env, "setup_done": set()}
+    server = start_fork_server(root / "fork.sock", env) if os.environ.get("SSLMED_DOCS_FORK", "1") != "0" else None
+    wrapper = bin_dir / "sslmed"
+    if server is not None:
+        wrapper.write_text(f"#!{sys.executable} -S\n" + CLIENT.replace("SOCKET", repr(str(root / "fork.sock"))).replace("KIND", "'sslmed'"))
+        python_client = bin_dir / "docs-python"
+        python_client.write_text(f"#!{sys.executable} -S\n" + CLIENT.replace("SOCKET", repr(str(root / "fork.sock"))).replace("KIND", "'python'"))
+        python_client.chmod(0o755)
+    else:
+        wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(__file__)} --cheap-sslmed \"$@\"\n")
+    wrapper.chmod(0o755)
+    yield {"dir": work, "env": env, "setup_done": set(), "python": str(bin_dir / "docs-python") if server else sys.executable}
     stop_servers(work)
+    if server is not None:
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def stop_servers(work: Path) -> None:
@@ -216,7 +233,7 @@ def run_block(block: Block, work: dict) -> str:
     else:
         script = work["dir"] / "_docs_block.py"
         script.write_text(block.code, encoding="utf-8")
-        command = [sys.executable, str(script)]
+        command = [work["python"], str(script)]
     try:
         out = subprocess.run(command, cwd=work["dir"], env=work["env"], capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -367,11 +384,134 @@ def cheap_arguments(args: list[str]) -> list[str]:
     data, _lines = load_raw(recipe, overrides)
     extra = []
     for index, _step in enumerate(data.get("steps") or []):
-        extra += [f"steps.{index}.max_steps=2", f"steps.{index}.batch_size=16", f"steps.{index}.epochs=1", f"steps.{index}.num_workers=0"]
+        extra += [f"steps.{index}.max_steps=2", f"steps.{index}.batch_size=16", f"steps.{index}.epochs=1",
+                  f"steps.{index}.num_workers=0", f"steps.{index}.image_size=16"]
     if data.get("evaluation"):
         extra += ["evaluation.supervised.max_steps=2", "evaluation.supervised.epochs=1"]
     return args + [item for pair in zip(["--set"] * len(extra), extra) for item in pair]
 
+
+# ------------------------------------------------------------------ the fork server
+#
+# Importing sslmed with torch, Lightning and lightly takes seconds, and the docs run
+# dozens of commands. A server process imports it all once; for each command it forks
+# a child that runs ``sslmed ARGS`` (or a Python script) with the caller's working
+# folder, environment and standard streams, and reports the exit status. The commands
+# run exactly as the installed ``sslmed`` runs them, minus the start-up time.
+
+CLIENT = """\
+import json, os, signal, socket, sys
+connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+connection.connect(SOCKET)
+request = json.dumps({"kind": KIND, "argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+socket.send_fds(connection, [len(request).to_bytes(8, "big") + request], [0, 1, 2])
+stream = connection.makefile("r")
+child = int(stream.readline() or 0)
+for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(number, lambda signum, frame: os.kill(child, signum) if child else None)
+status = stream.readline()
+sys.exit(int(status) if status.strip() else 1)
+"""
+
+
+def start_fork_server(path: Path, env: dict) -> subprocess.Popen | None:
+    server = subprocess.Popen([sys.executable, __file__, "--fork-server", str(path)], env=env, stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    if server.stdout.readline().strip() != "ready":
+        server.kill()
+        return None
+    return server
+
+
+def _receive(connection) -> tuple[dict, list[int]]:
+    import socket
+
+    message, fds, _flags, _address = socket.recv_fds(connection, 1 << 20, 3)
+    size = int.from_bytes(message[:8], "big")
+    data = message[8:]
+    while len(data) < size:
+        data += connection.recv(size - len(data))
+    return __import__("json").loads(data), fds
+
+
+def _run_request(request: dict) -> int:
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    if request["kind"] == "python":
+        import runpy
+        import traceback
+
+        sys.argv = list(request["argv"])
+        sys.path[0] = str(Path(sys.argv[0]).resolve().parent)
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        except SystemExit as exit:
+            return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            return 1
+        return 0
+    from sslmed.cli import cli
+
+    arguments = cheap_arguments(list(request["argv"]))
+    sys.argv = ["sslmed", *arguments]
+    try:
+        cli.main(args=arguments, prog_name="sslmed")
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    return 0
+
+
+def fork_server(path: str) -> None:
+    import signal
+    import socket
+
+    import lightning  # noqa: F401  (imported once, here, for every command)
+    import sklearn.linear_model  # noqa: F401
+    import torch  # noqa: F401
+
+    from sslmed.cli import cli
+    from sslmed.plugins import extend_cli, get_registry
+
+    extend_cli(cli)
+    get_registry()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children report to their client themselves
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    print("ready", flush=True)
+    while True:
+        connection, _ = listener.accept()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.fork() == 0:
+            listener.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            status = 1
+            try:
+                request, fds = _receive(connection)
+                for target, fd in enumerate(fds):
+                    os.dup2(fd, target)
+                    os.close(fd)
+                connection.sendall(f"{os.getpid()}\n".encode())
+                status = _run_request(request)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    connection.sendall(f"{status}\n".encode())
+                finally:
+                    os._exit(status if isinstance(status, int) and 0 <= status < 256 else 1)
+        connection.close()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--fork-server"]:
+    fork_server(sys.argv[2])
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--cheap-sslmed"]:
     arguments = cheap_arguments(sys.argv[2:])

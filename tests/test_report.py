@@ -108,6 +108,7 @@ def test_report_from_run_folders(tmp_path: Path, data_dir: Path):
         assert (out / figure).stat().st_size > 1000, figure
         assert f"({figure})" in text
     assert list(out.glob("reconstructions_crsm_*.png"))
+    assert "- CRSM beats SimCLR: CRSM" in text  # the thesis's claims, checked
     assert "test-host" in text and "abc1234def" in text
     assert "<table>" in (out / "report.html").read_text()
 

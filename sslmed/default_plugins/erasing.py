@@ -105,7 +105,7 @@ class Region:
             mask[y0:y1, x0:x1] |= self.patch
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=65536)
 def _oblique_patch(fy: float, fx: float, length: float, thick: float, angle: float) -> tuple[int, int, np.ndarray, int]:
     """The rotated rectangle centred at ``(iy + fy, ix + fx)`` as ``(ry0, rx0, patch, pixels)``:
     a boolean patch whose top-left pixel is ``(iy + ry0, ix + rx0)`` (cached: the arguments
@@ -215,19 +215,24 @@ class MultiDirectionalRandomErasing:
         total = height * width
         lo_px, hi_px = max(1, math.ceil(a.min_area * total)), max(1, math.floor(a.max_area * total))
         regions = []
+        directions, n_directions = a.directions, len(a.directions)
+        area0, area1 = self._log_area
+        aspect0, aspect1 = self._log_aspect
+        longest = float(max(height, width))
+        exp, sqrt = math.exp, math.sqrt
+        cell_h, cell_w = height / grid, width / grid
         for i, cell in enumerate(cells):
             ua, ur, uy, ux, uo, uf = u[offset + 6 * i: offset + 6 * i + 6]
-            direction = a.directions[(start + i) % len(a.directions)]
-            area = math.exp(self._log_area[0] + ua * self._log_area[1]) * total
+            direction = directions[(start + i) % n_directions]
+            area = exp(area0 + ua * area1) * total
             if direction == "square":
                 aspect, angle = 1.0 + 0.5 * ur, (0.0 if uo < 0.5 else 90.0)
             else:
-                aspect = math.exp(self._log_aspect[0] + ur * self._log_aspect[1])
-                angle = ANGLES[direction]
-            length = min(math.sqrt(area * aspect), float(max(height, width)))
-            thick = max(1.0, area / length)
+                aspect, angle = exp(aspect0 + ur * aspect1), ANGLES[direction]
+            length = min(sqrt(area * aspect), longest)
+            thick = area / length if area > length else 1.0
             row, col = divmod(cell, grid)
-            cy, cx = (row + uy) * height / grid, (col + ux) * width / grid
+            cy, cx = (row + uy) * cell_h, (col + ux) * cell_w
             box, patch, pixels = _rasterise(height, width, cy, cx, length, thick, angle)
             for _retry in range(2):  # rasterising missed the area: rescale the shape and retry
                 if lo_px <= pixels <= hi_px:
