@@ -163,8 +163,8 @@ def run_recipe(
     recipe, registry = load_recipe_file(path, overrides)
     sources = build_sources(recipe, registry)
     runs_dir = Path(runs_dir)
-    if os.environ.get(RUN_DIR_ENV):
-        run_dir = Path(os.environ[RUN_DIR_ENV])
+    if is_worker_process() and os.environ.get(RUN_DIR_ENV):
+        run_dir = Path(os.environ[RUN_DIR_ENV])  # DDP worker: the folder rank 0 made
     elif resume:
         run_dir = resolve_resume(recipe, runs_dir, resume)
         log.info("resuming %s", run_dir)
@@ -180,19 +180,22 @@ def run_recipe(
         log.info("run folder: %s", run_dir)
 
     timings = {}
-    for step in recipe.steps:
-        step_dir = run_dir / "steps" / step.name
-        if step_is_done(step_dir):
-            log.info("step %s: already done, skipped", step.name)
-            continue
-        init = run_dir / "steps" / step.init_from if step.init_from else None
-        log.info("step %s: %s on %s (%s), %d epoch(s)", step.name, step.objective.name, step.data, step.split, step.epochs)
-        started = time.perf_counter()
-        train_step(step, sources[step.data], step_dir, registry, init_from=init, progress=progress)
-        timings[step.name] = round(time.perf_counter() - started, 1)
+    try:
+        for step in recipe.steps:
+            step_dir = run_dir / "steps" / step.name
+            if step_is_done(step_dir):
+                log.info("step %s: already done, skipped", step.name)
+                continue
+            init = run_dir / "steps" / step.init_from if step.init_from else None
+            log.info("step %s: %s on %s (%s), %d epoch(s)", step.name, step.objective.name, step.data, step.split, step.epochs)
+            started = time.perf_counter()
+            train_step(step, sources[step.data], step_dir, registry, init_from=init, progress=progress)
+            timings[step.name] = round(time.perf_counter() - started, 1)
+    finally:
+        if not is_worker_process():
+            os.environ.pop(RUN_DIR_ENV, None)
     if is_worker_process():
         return None
-    os.environ.pop(RUN_DIR_ENV, None)
     result = RunResult(run_dir)
     if recipe.evaluation is not None:
         result = evaluate_run(run_dir, recipe, registry, sources)

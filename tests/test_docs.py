@@ -388,6 +388,8 @@ def cheap_arguments(args: list[str]) -> list[str]:
                   f"steps.{index}.num_workers=0", f"steps.{index}.image_size=16"]
     if data.get("evaluation"):
         extra += ["evaluation.supervised.max_steps=2", "evaluation.supervised.epochs=1"]
+    chosen = {override.split("=", 1)[0].strip() for override in overrides}
+    extra = [item for item in extra if item.split("=", 1)[0] not in chosen]  # what the page sets, stays
     return args + [item for pair in zip(["--set"] * len(extra), extra) for item in pair]
 
 
