@@ -14,10 +14,6 @@ A page asks for generated content with an HTML comment on a line of its own:
     the specification of hook NAME, as written in ``sslmed/hookspecs.py``.
 ``<!-- sslmed:include PATH -->``
     a file of the repository (e.g. a shipped recipe) as a code block titled PATH.
-``<!-- sslmed:figure PATH CAPTION -->``
-    a picture of the repository outside docs/ (e.g. a figure of a benchmark report in
-    ``bench/results/``), published with the site under ``figures/``; PATH may be a
-    glob pattern (the last match in sorted order is taken).
 
 The build fails (``mkdocs build --strict`` or not) when a marker names something
 that does not exist, or when a hook of ``sslmed/hookspecs.py`` has no
@@ -38,7 +34,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"^<!-- sslmed:(?P<what>[\w-]+)(?: (?P<arg>\S+))?(?: (?P<rest>.*?))? -->[ \t]*$", re.M)
+MARKER = re.compile(r"^<!-- sslmed:(?P<what>[\w-]+)(?: (?P<arg>\S+))? -->[ \t]*$", re.M)
 SCHEMA_FILE = "reference/recipe.schema.json"
 FENCES = {".yaml": "yaml", ".yml": "yaml", ".py": "python", ".toml": "toml", ".md": "markdown", ".cfg": "ini"}
 
@@ -240,20 +236,6 @@ def render_include(path: str) -> str:
     return f'```{fence} title="{path}"\n{file.read_text(encoding="utf-8").rstrip()}\n```\n'
 
 
-def figure_source(pattern: str) -> Path:
-    """The repository file a figure marker names (the last match of a glob pattern)."""
-    matches = sorted(p for p in ROOT.glob(pattern) if p.is_file() and ROOT in p.resolve().parents)
-    if not matches:
-        raise PluginError(f"docs: sslmed:figure {pattern}: no such file in the repository")
-    return matches[-1]
-
-
-def render_figure(pattern: str, caption: str | None, page: Any) -> str:
-    source = figure_source(pattern)
-    up = "../" * page.file.src_uri.count("/")
-    return f"![{caption or source.stem}]({up}figures/{source.name})\n"
-
-
 # ------------------------------------------------------------------ mkdocs hooks
 
 
@@ -264,14 +246,6 @@ def on_pre_build(config: Any) -> None:
 def on_files(files: Any, config: Any) -> Any:
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sslmed recipe", **recipe_schema()}
     files.append(File.generated(config, SCHEMA_FILE, content=json.dumps(schema, indent=2) + "\n"))
-    docs = Path(config["docs_dir"])
-    figures = set()
-    for page in docs.rglob("*.md"):
-        for match in MARKER.finditer(page.read_text(encoding="utf-8")):
-            if match["what"] == "figure" and match["arg"]:
-                figures.add(figure_source(match["arg"]))
-    for source in sorted(figures):
-        files.append(File.generated(config, f"figures/{source.name}", abs_src_path=str(source)))
     return files
 
 
@@ -285,8 +259,6 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             return render_hookspec(arg)
         if what == "include" and arg:
             return render_include(arg)
-        if what == "figure" and arg:
-            return render_figure(arg, match["rest"], page)
         raise PluginError(f"docs: {page.file.src_path}: unknown marker {match[0]!r}")
 
     return MARKER.sub(replace, markdown)

@@ -24,7 +24,9 @@ How the code blocks of ``docs/**/*.md`` are tested (the conventions a page follo
 * A ```` ```text ```` block preceded by ``<!-- test: output -->`` shows the output of the
   block before it: each of its lines must appear in that output (stdout and stderr),
   where ``...`` stands for any text (e.g. a path or a number that differs per run).
-* Other blocks (``text``, ``yaml`` without a title, ...) are shown, not run.
+* Other blocks (``text``, ``yaml`` without a title, ...) are shown, not run; so are the
+  blocks of ``benchmarks.md`` and ``results.md``, which record the commands (GPU sweeps,
+  benchmarks of minutes) that produced their numbers.
 
 Run one page with ``pytest tests/test_docs.py -k first-recipe``; pages that use an
 earlier page's files then run that page's setup only.
@@ -57,6 +59,7 @@ SKIP = re.compile(r"^\s*<!-- test: skip (?P<reason>\S.*?) -->\s*$")
 OUTPUT = re.compile(r"^\s*<!-- test: output -->\s*$")
 SETUP = re.compile(r"^\s*<!-- test-setup: (?P<command>\S.*?) -->\s*$")
 RUN_LANGUAGES = {"bash", "python"}
+RECORD_PAGES = {"benchmarks.md", "results.md"}  # commands that made the numbers: shown, not rerun
 
 
 # ------------------------------------------------------------------- the pages
@@ -280,7 +283,7 @@ def test_page_code_runs(name: str, workdir: dict) -> None:
             target.write_text(block.code, encoding="utf-8")
         elif block.output:
             check_output(block, last_output)
-        elif block.language in RUN_LANGUAGES:
+        elif block.language in RUN_LANGUAGES and name not in RECORD_PAGES:
             last_output = run_block(block, workdir) if block.skip is None else None
             if block.skip is None and block.language == "bash":  # a later page's setup need not repeat it
                 workdir["setup_done"].update(line.strip() for line in block.code.splitlines() if line.strip())
