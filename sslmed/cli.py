@@ -7,10 +7,12 @@ shows the traceback.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
 import traceback
+import typing
 import warnings
 from pathlib import Path
 from typing import Any
@@ -132,10 +134,17 @@ def list_components(kind: str | None, pattern: str) -> None:
         click.echo(f"{component.kind:<12} {component.name:<16} {component.description}{extra}  ({component.plugin})")
 
 
+def _type_name(annotation: Any) -> str:
+    """``int``, ``list[str]``, ``Literal['zero', 'mean']``: readable argument types."""
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
 def describe_component(component: Any) -> str:
     """Arguments, defaults and help of one component, as text."""
     lines = [f"{component.kind} {component.name}  (plugin {component.plugin})", ""]
-    doc = (component.args.__doc__ or "").strip()
+    doc = inspect.cleandoc(component.args.__doc__ or "")
     if component.description:
         lines.append(component.description)
     if doc and doc != component.description:
@@ -147,7 +156,7 @@ def describe_component(component: Any) -> str:
         lines.append("  (none)")
     for name, field in component.args.model_fields.items():
         default = "required" if field.is_required() else f"default {field.default!r}"
-        kind = getattr(field.annotation, "__name__", str(field.annotation)).replace("typing.", "")
+        kind = _type_name(field.annotation)
         lines.append(f"  {name} ({kind}, {default})" + (f": {field.description}" if field.description else ""))
     return "\n".join(lines)
 
