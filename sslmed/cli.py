@@ -67,11 +67,15 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value, e.g. steps.0.epochs=2 (repeatable).")
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_DIR]", help="Continue an interrupted run: the latest of this recipe, or RUN_DIR.")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="Where run folders go.")
-def run(recipe: Path, overrides: tuple[str, ...], resume: str | None, runs_dir: Path) -> None:
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Use this run folder (new, or continue the run in it); give every machine of a multi-node job the same one.")
+def run(recipe: Path, overrides: tuple[str, ...], resume: str | None, runs_dir: Path, run_dir: Path | None) -> None:
     """Run RECIPE: every pre-training step, then the evaluation; print the results table."""
+    from sslmed.errors import UsageError
     from sslmed.runner import run_recipe
 
-    result = run_recipe(recipe, overrides, runs_dir=runs_dir, resume=resume)
+    if resume and run_dir:
+        raise UsageError("give either --resume or --run-dir, not both (--run-dir continues a run already in that folder)")
+    result = run_recipe(recipe, overrides, runs_dir=runs_dir, resume=resume, run_dir=run_dir)
     if result is None:  # a DDP worker process: rank 0 reports
         return
     click.echo(f"run folder: {result.run_dir}", err=True)

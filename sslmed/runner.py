@@ -158,13 +158,23 @@ def run_recipe(
     runs_dir: str | Path = "runs",
     resume: str | None = None,
     progress: bool = True,
+    run_dir: str | Path | None = None,
 ) -> RunResult | None:
-    """Run a recipe: every step, then evaluation. Returns None in DDP worker processes."""
+    """Run a recipe: every step, then evaluation. Returns None in DDP worker processes.
+
+    ``run_dir`` names the run folder instead of a new timestamped one under
+    ``runs_dir``: a new run starts there, or the run already there continues (its
+    recipe must match). Every machine of a multi-node job is given the same one.
+    """
     recipe, registry = load_recipe_file(path, overrides)
     sources = build_sources(recipe, registry)
     runs_dir = Path(runs_dir)
     if is_worker_process() and os.environ.get(RUN_DIR_ENV):
         run_dir = Path(os.environ[RUN_DIR_ENV])  # DDP worker: the folder rank 0 made
+    elif run_dir is not None:
+        run_dir = Path(run_dir)
+        if not is_worker_process() and (run_dir / "recipe.yaml").is_file():
+            run_dir = resolve_resume(recipe, runs_dir, str(run_dir))  # same recipe, or an error
     elif resume:
         run_dir = resolve_resume(recipe, runs_dir, resume)
         log.info("resuming %s", run_dir)

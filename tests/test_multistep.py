@@ -104,3 +104,17 @@ def test_backbone_from_another_model_is_refused(tmp_path):
         load_backbone_weights(tmp_path, ResNetBackbone("resnet18"), expect={"backbone": {"name": "resnet18"}, "in_channels": 1})
     with pytest.raises(CheckpointError, match="do not fit this backbone"):
         load_backbone_weights(tmp_path, ResNetBackbone("resnet18"))
+
+
+@pytest.mark.slow
+def test_named_run_folder_is_used_and_continued(tiny_recipe, tmp_path, recording):
+    recipe = tiny_recipe("recording_simclr", steps=1)
+    folder = tmp_path / "shared" / "run-a"
+    first = run_recipe(recipe, runs_dir=tmp_path / "runs", run_dir=folder, progress=False)
+    assert first.run_dir == folder and (folder / "results.json").is_file()
+    assert not (tmp_path / "runs").exists()
+    recording.clear()
+    again = run_recipe(recipe, runs_dir=tmp_path / "runs", run_dir=folder, progress=False)
+    assert again.run_dir == folder and recording == []  # every step already done
+    with pytest.raises(UsageError, match="differs"):
+        run_recipe(recipe, overrides=("steps.0.epochs=2",), run_dir=folder)
