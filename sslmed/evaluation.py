@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -57,24 +57,27 @@ class LabelledSplit:
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
 
 
+RAW_PIXELS = None  # in ``extract_features``' models: flattened input pixels, no model
+
+
 @torch.inference_mode()
-def extract_features(backbone: Backbone, split: LabelledSplit, image_size: int, in_channels: int, batch_size: int = 128) -> np.ndarray:
-    """Pooled backbone features of every image of ``split`` (eval mode, no gradients)."""
+def extract_features(
+    models: Mapping[str, Backbone | None], split: LabelledSplit, image_size: int, in_channels: int, batch_size: int = 128,
+) -> dict[str, np.ndarray]:
+    """Pooled features of every image of ``split`` for each model, in one pass over the
+    images (each is decoded once, however many models look at it). A model given as
+    ``RAW_PIXELS`` yields the flattened normalised pixels: the no-learning reference."""
     run_on = device()
-    backbone = backbone.to(run_on).eval()
-    chunks = []
+    for model in models.values():
+        if model is not None:
+            model.to(run_on).eval()
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in models}
     for images, _labels in split.loader(eval_transform(image_size, in_channels), in_channels, batch_size):
-        chunks.append(backbone(images.to(run_on)).float().cpu().numpy())
-    return np.concatenate(chunks)
-
-
-@torch.inference_mode()
-def raw_pixels(split: LabelledSplit, image_size: int, batch_size: int = 256) -> np.ndarray:
-    """Flattened normalised pixels: the no-learning reference."""
-    chunks = []
-    for images, _labels in split.loader(eval_transform(image_size, 1), 1, batch_size):
-        chunks.append(images.flatten(1).numpy())
-    return np.concatenate(chunks)
+        batch = images.to(run_on)
+        for name, model in models.items():
+            out = batch.flatten(1) if model is None else model(batch)
+            chunks[name].append(out.float().cpu().numpy())
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
 def metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:

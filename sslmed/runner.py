@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import platform
@@ -28,7 +27,7 @@ from sslmed.checkpoints import atomic_write_json, atomic_write_text, load_backbo
 from sslmed.data import ImageSource, resolve_data_root, write_run_data
 from sslmed.engine import backbone_identity, is_worker_process, step_is_done, train_step
 from sslmed.errors import DataError, RecipeError, UsageError
-from sslmed.evaluation import FeatureSet, LabelledSplit, extract_features, probe_rows, raw_pixels, supervised_proba, metrics, predictions
+from sslmed.evaluation import RAW_PIXELS, FeatureSet, LabelledSplit, extract_features, metrics, predictions, probe_rows, supervised_proba
 from sslmed.plugins import get_registry, plugin_infos
 from sslmed.predict import export_classifier
 from sslmed.recipe import Recipe, load_raw, validate
@@ -252,21 +251,20 @@ def evaluate_run(run_dir: Path, recipe: Recipe | None = None, registry: Registry
         L.seed_everything(settings.seed, verbose=False)
         return registry.build("backbone", step.backbone.spec(), in_channels=channels)
 
-    def features_of(name: str, backbone: Any) -> FeatureSet:
-        out = {k: extract_features(backbone, s, size, channels, batch) for k, s in splits.items()}
-        return FeatureSet(name, out["train"], out["test"], out.get("val"))
-
     rows: list[dict[str, Any]] = []
     pretrained = build_backbone()
     load_backbone_weights(step_dir, pretrained, expect=backbone_identity(step))
     log.info("evaluation: probing step %s on %s", step.name, settings.data)
-    features = features_of(f"sslmed:{step.name}", pretrained)
-    rows += probe_rows(features, labels, source.classes, settings)
+    models = {f"sslmed:{step.name}": pretrained}
     if "random_init" in settings.baselines:
-        rows += probe_rows(features_of("random_init", build_backbone()), labels, source.classes, settings)
+        models["random_init"] = build_backbone()
     if "raw_pixels" in settings.baselines:
-        pixels = {k: raw_pixels(s, size) for k, s in splits.items()}
-        rows += probe_rows(FeatureSet("raw_pixels", pixels["train"], pixels["test"], pixels.get("val")), labels, source.classes, settings)
+        models["raw_pixels"] = RAW_PIXELS
+    per_split = {k: extract_features(models, s, size, channels, batch) for k, s in splits.items()}
+    feature_sets = {name: FeatureSet(name, per_split["train"][name], per_split["test"][name], per_split["val"][name] if "val" in per_split else None) for name in models}
+    for feature_set in feature_sets.values():
+        rows += probe_rows(feature_set, labels, source.classes, settings)
+    features = feature_sets[f"sslmed:{step.name}"]
     if "supervised" in settings.baselines and source.task == "multilabel":
         log.warning("evaluation: the supervised reference is not available for multi-label data yet; skipped")
     elif "supervised" in settings.baselines:
