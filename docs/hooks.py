@@ -156,13 +156,9 @@ def _fields_table(schema: dict[str, Any], anchors: dict[str, str]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def recipe_schema() -> dict[str, Any]:
-    from sslmed.recipe import Recipe
-
-    return Recipe.model_json_schema()
-
-
 def render_recipe_schema() -> str:
+    from sslmed.recipe import recipe_schema
+
     schema = recipe_schema()
     order = ["StepSettings", "ComponentSpec", "OptimizerSettings", "ScheduleSettings", "EvaluationSettings", "SupervisedSettings"]
     found = schema.get("$defs", {})
@@ -244,6 +240,8 @@ def on_pre_build(config: Any) -> None:
 
 
 def on_files(files: Any, config: Any) -> Any:
+    from sslmed.recipe import recipe_schema
+
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sslmed recipe", **recipe_schema()}
     files.append(File.generated(config, SCHEMA_FILE, content=json.dumps(schema, indent=2) + "\n"))
     return files

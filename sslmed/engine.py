@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,6 @@ from sslmed.registry import Registry
 from sslmed.transforms import build_view_pipeline, image_mode
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepOutcome:
-    """What a finished step leaves: its folder and whether this process is rank 0."""
-
-    directory: Path
-    is_global_zero: bool
 
 
 def backbone_identity(step: StepSettings) -> dict[str, Any]:
@@ -118,7 +109,7 @@ def train_step(
     registry: Registry,
     init_from: Path | None = None,
     progress: bool = True,
-) -> StepOutcome:
+) -> None:
     """Train one step (resuming from ``checkpoints/last.ckpt`` if present) and export it."""
     directory.mkdir(parents=True, exist_ok=True)
     L.seed_everything(step.seed, workers=True, verbose=False)
@@ -151,7 +142,6 @@ def train_step(
         })
     if trainer.world_size > 1:
         trainer.strategy.barrier("sslmed-step-export")  # others wait for the export
-    return StepOutcome(directory, trainer.is_global_zero)
 
 
 def is_worker_process() -> bool:

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import yaml
 
@@ -246,8 +247,6 @@ def evaluate_run(run_dir: Path, recipe: Recipe | None = None, registry: Registry
     size, channels, batch = step.image_size, step.in_channels, settings.batch_size
 
     def build_backbone() -> Any:
-        import lightning as L
-
         L.seed_everything(settings.seed, verbose=False)
         return registry.build("backbone", step.backbone.spec(), in_channels=channels)
 
