@@ -40,11 +40,17 @@ COVID3 = {"name": "csv", "path": "covid3", "patient_column": "patient_id"}
 
 
 def step_settings(objective: dict, args: argparse.Namespace) -> StepSettings:
-    return StepSettings.model_validate({
-        "name": "bench", "data": "covid3", "image_size": args.image_size, "batch_size": args.batch_size,
-        "backbone": {"name": args.arch, "small_input": args.image_size <= 64},
-        "objective": objective, "augmentations": [{"name": "simclr", "min_scale": 0.3}, MDRE],
-    })
+    return StepSettings.model_validate(
+        {
+            "name": "bench",
+            "data": "covid3",
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "backbone": {"name": args.arch, "small_input": args.image_size <= 64},
+            "objective": objective,
+            "augmentations": [{"name": "simclr", "min_scale": 0.3}, MDRE],
+        }
+    )
 
 
 def synchronise(device: torch.device) -> None:
@@ -52,7 +58,9 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(methods: dict, batches: list, device: torch.device, steps: int, warmup: int, precision: str) -> dict[str, float]:
+def time_steps(
+    methods: dict, batches: list, device: torch.device, steps: int, warmup: int, precision: str
+) -> dict[str, float]:
     """Median seconds of one optimiser step (forward, backward, update) per method."""
     optimisers = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in methods.items()}
     times: dict[str, list[float]] = {name: [] for name in methods}
@@ -96,28 +104,43 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes for the loading benchmark")
     parser.add_argument("--loader-batches", type=int, default=8)
     parser.add_argument("--precision", choices=["32", "bf16"], default="32")
-    parser.add_argument("--pin-memory", choices=["auto", "on", "off"], default="auto", help="pinned host memory in the loading benchmark (auto: on with a GPU, as the engine does)")
+    parser.add_argument(
+        "--pin-memory",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="pinned host memory in the loading benchmark (auto: on with a GPU, as the engine does)",
+    )
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     torch.manual_seed(0)
     registry = get_registry()
-    source = registry.build("dataset", COVID3, data_root=Path(args.data_root) if args.data_root else resolve_data_root())
+    source = registry.build(
+        "dataset", COVID3, data_root=Path(args.data_root) if args.data_root else resolve_data_root()
+    )
     records = source.records("train")
     crsm_step = step_settings({"name": "crsm", "temperature": 0.2}, args)
     pipeline = build_view_pipeline([a.spec() for a in crsm_step.augmentations], registry, args.image_size, 1)
     dataset = ImageDataset(source, records, pipeline, mode=image_mode(1))
 
     # 1. step time: the same real batches for both methods
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers, drop_last=True
+    )
     batches = []
     for views, _labels in loader:
         batches.append({k: [t.to(device, non_blocking=True) for t in v] for k, v in views.items()})
         if len(batches) == 4:
             break
     methods = {
-        "simclr": build_method(step_settings({"name": "simclr", "temperature": 0.2}, args), registry).to(device).train(),
+        "simclr": build_method(step_settings({"name": "simclr", "temperature": 0.2}, args), registry)
+        .to(device)
+        .train(),
         "crsm": build_method(crsm_step, registry).to(device).train(),
     }
     step_time = time_steps(methods, batches, device, args.steps, args.warmup, args.precision)
@@ -136,9 +159,15 @@ def main() -> None:
     item_time = time_per_image({"item": dataset.__getitem__}, list(range(64)), rounds=3)["item"]
 
     # 3. loading throughput (full pipeline, workers) vs training throughput
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
-                                         drop_last=True, persistent_workers=False,
-                                         pin_memory=device.type == "cuda" if args.pin_memory == "auto" else args.pin_memory == "on")
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.num_workers,
+        drop_last=True,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda" if args.pin_memory == "auto" else args.pin_memory == "on",
+    )
     iterator = iter(loader)
     next(iterator)  # start-up of the workers is not throughput
     start, loaded = time.perf_counter(), 0
@@ -153,8 +182,13 @@ def main() -> None:
     training = args.batch_size / step_time["crsm"]
 
     result = {
-        "machine": {"host": platform.node(), "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-                    "torch": torch.__version__},
+        "machine": {
+            "host": platform.node(),
+            "device": torch.cuda.get_device_name(0)
+            if device.type == "cuda"
+            else f"cpu ({torch.get_num_threads()} threads)",
+            "torch": torch.__version__,
+        },
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "step_seconds": step_time,
         "crsm_over_simclr": step_time["crsm"] / step_time["simclr"],
@@ -168,16 +202,24 @@ def main() -> None:
         "loading_over_training": loading / training,
     }
     verdict = lambda ok: "OK" if ok else "MISSED"  # noqa: E731
-    print(f"machine: {result['machine']['device']}, torch {torch.__version__}; {args.arch}, {args.image_size}px, batch {args.batch_size}, precision {args.precision}")
-    print(f"CRSM step {step_time['crsm'] * 1e3:.1f} ms vs SimCLR step {step_time['simclr'] * 1e3:.1f} ms: "
-          f"ratio {result['crsm_over_simclr']:.2f}x (target <= 1.30x) {verdict(result['crsm_over_simclr'] <= 1.3)}")
-    print(f"MDRE {erase_time['mdre'] * 1e6:.0f} us/image vs RandomErasing {erase_time['random_erasing'] * 1e6:.0f} us/image: "
-          f"ratio {result['mdre_over_random_erasing']:.2f}x (target <= 1.20x) {verdict(result['mdre_over_random_erasing'] <= 1.2)}; "
-          f"MDRE is {erase_time['mdre'] / pipeline_time:.1%} of the {pipeline_time * 1e6:.0f} us SimCLR views of an image")
-    print(f"loading {loading:.0f} images/s ({args.num_workers} workers) vs training {training:.0f} images/s: "
-          f"ratio {result['loading_over_training']:.2f} (target >= 1) {verdict(result['loading_over_training'] >= 1)}; "
-          f"one image costs {item_time * 1e3:.2f} ms in-process (decode + views + MDRE), so {max(1, args.num_workers)} workers "
-          f"could give {result['loading_expected_images_per_s']:.0f} images/s (a big gap points at inter-process transfer or pinned memory; try --pin-memory off)")
+    print(
+        f"machine: {result['machine']['device']}, torch {torch.__version__}; {args.arch}, {args.image_size}px, batch {args.batch_size}, precision {args.precision}"
+    )
+    print(
+        f"CRSM step {step_time['crsm'] * 1e3:.1f} ms vs SimCLR step {step_time['simclr'] * 1e3:.1f} ms: "
+        f"ratio {result['crsm_over_simclr']:.2f}x (target <= 1.30x) {verdict(result['crsm_over_simclr'] <= 1.3)}"
+    )
+    print(
+        f"MDRE {erase_time['mdre'] * 1e6:.0f} us/image vs RandomErasing {erase_time['random_erasing'] * 1e6:.0f} us/image: "
+        f"ratio {result['mdre_over_random_erasing']:.2f}x (target <= 1.20x) {verdict(result['mdre_over_random_erasing'] <= 1.2)}; "
+        f"MDRE is {erase_time['mdre'] / pipeline_time:.1%} of the {pipeline_time * 1e6:.0f} us SimCLR views of an image"
+    )
+    print(
+        f"loading {loading:.0f} images/s ({args.num_workers} workers) vs training {training:.0f} images/s: "
+        f"ratio {result['loading_over_training']:.2f} (target >= 1) {verdict(result['loading_over_training'] >= 1)}; "
+        f"one image costs {item_time * 1e3:.2f} ms in-process (decode + views + MDRE), so {max(1, args.num_workers)} workers "
+        f"could give {result['loading_expected_images_per_s']:.0f} images/s (a big gap points at inter-process transfer or pinned memory; try --pin-memory off)"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

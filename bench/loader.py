@@ -66,8 +66,10 @@ def main() -> None:
     for record in records[:32]:  # warm the page cache so the first mode does not pay for the disk
         load_image(source.root / record.ref)
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU core(s) visible, "
-          f"torch {torch.__version__}, {len(records)} covid3 PNGs (8-bit grey, ~256 px)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU core(s) visible, "
+        f"torch {torch.__version__}, {len(records)} covid3 PNGs (8-bit grey, ~256 px)"
+    )
     started = time.perf_counter()
     verify_source(source, "error")
     verify_rate = len(records) / (time.perf_counter() - started)

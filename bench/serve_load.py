@@ -65,10 +65,22 @@ def export_resnet18(directory: Path, image_size: int = 224) -> Path:
     rng = np.random.default_rng(0)
     features, labels = rng.normal(size=(30, backbone.feature_dim)), np.arange(30) % 3
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(features, labels)
-    export_classifier(directory, backbone, probe, {
-        "extras": {}, "recipe": "bench (random weights)", "step": "none", "backbone": spec, "in_channels": 1,
-        "image_size": image_size, "classes": ["Covid-19", "No_findings", "Pneumonia"], "data": "none", "metrics": {},
-    })
+    export_classifier(
+        directory,
+        backbone,
+        probe,
+        {
+            "extras": {},
+            "recipe": "bench (random weights)",
+            "step": "none",
+            "backbone": spec,
+            "in_channels": 1,
+            "image_size": image_size,
+            "classes": ["Covid-19", "No_findings", "Pneumonia"],
+            "data": "none",
+            "metrics": {},
+        },
+    )
     return directory
 
 
@@ -89,9 +101,22 @@ def free_port() -> int:
 def start_server(model: Path, concurrency: int, threads: int | None, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     sslmed = Path(sys.executable).with_name("sslmed")
-    command = [str(sslmed), "-q", "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--concurrency", str(concurrency)]
+    command = [
+        str(sslmed),
+        "-q",
+        "serve",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--concurrency",
+        str(concurrency),
+    ]
     with open(log, "wb") as out:  # a file, not a pipe: a full pipe would stall the server
-        process = subprocess.Popen(command + (["--threads", str(threads)] if threads else []), stdout=subprocess.DEVNULL, stderr=out)
+        process = subprocess.Popen(
+            command + (["--threads", str(threads)] if threads else []), stdout=subprocess.DEVNULL, stderr=out
+        )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -116,7 +141,9 @@ class HttpClient:
 
     def predict(self, image: str, timeout: float) -> dict:
         with open(image, "rb") as handle:
-            uploaded = self.http.post("gradio_api/upload", files={"files": (Path(image).name, handle, "image/png")}, timeout=timeout)
+            uploaded = self.http.post(
+                "gradio_api/upload", files={"files": (Path(image).name, handle, "image/png")}, timeout=timeout
+            )
         uploaded.raise_for_status()
         data = {"data": [{"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}]}
         event = self.http.post("gradio_api/call/predict", json=data, timeout=timeout)
@@ -189,9 +216,15 @@ def run_round(url: str, image: str, clients: int, requests: int, time_limit: flo
         client.close()
     ordered = sorted(latencies) or [float("nan")]
     return {
-        "client": kind, "clients": clients, "requests": requests, "ok": len(latencies), "errors": errors,
-        "p50": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))],
-        "max": ordered[-1], "per_s": len(latencies) / wall,
+        "client": kind,
+        "clients": clients,
+        "requests": requests,
+        "ok": len(latencies),
+        "errors": errors,
+        "p50": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))],
+        "max": ordered[-1],
+        "per_s": len(latencies) / wall,
     }
 
 
@@ -220,9 +253,18 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 50], help="concurrent clients of each round")
     parser.add_argument("--requests", type=int, default=100, help="requests per round")
     parser.add_argument("--concurrency", type=int, default=2, help="the server's queue concurrency (when started here)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per request in the server (default: its own, cores / concurrency)")
-    parser.add_argument("--client", choices=["http", "gradio_client", "both"], default="both",
-                        help="plain HTTP (the curl protocol) and/or gradio_client, which adds its own overhead")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per request in the server (default: its own, cores / concurrency)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["http", "gradio_client", "both"],
+        default="both",
+        help="plain HTTP (the curl protocol) and/or gradio_client, which adds its own overhead",
+    )
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per round at most")
     parser.add_argument("--size", type=int, default=224, help="side of the PNG sent (px)")
     args = parser.parse_args()
@@ -248,23 +290,32 @@ def main() -> None:
         try:
             kinds = ["http", "gradio_client"] if args.client == "both" else [args.client]
             run_round(url, image, 1, 5, 60, kinds[0])  # warm-up
-            rows = [run_round(url, image, clients, max(args.requests, clients), args.time_limit, kind)
-                    for kind in kinds for clients in args.clients]
+            rows = [
+                run_round(url, image, clients, max(args.requests, clients), args.time_limit, kind)
+                for kind in kinds
+                for clients in args.clients
+            ]
         finally:
             if process is not None:
                 process.terminate()
                 process.wait(timeout=30)
         after = model_only_ms(model, image)  # again: on a shared machine the load changes
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
-          f"load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end; model {model if args.model else 'ResNet-18, 224 px, random weights'}; "
-          f"server concurrency {args.concurrency}, torch threads per request {threads}")
-    print(f"model alone, in-process ({threads} thread(s)), median before / after the rounds: "
-          f"load + predict {before[0]:.1f} / {after[0]:.1f} ms, predict only {before[1]:.1f} / {after[1]:.1f} ms\n")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
+        f"load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end; model {model if args.model else 'ResNet-18, 224 px, random weights'}; "
+        f"server concurrency {args.concurrency}, torch threads per request {threads}"
+    )
+    print(
+        f"model alone, in-process ({threads} thread(s)), median before / after the rounds: "
+        f"load + predict {before[0]:.1f} / {after[0]:.1f} ms, predict only {before[1]:.1f} / {after[1]:.1f} ms\n"
+    )
     print("| client | clients | requests | ok | errors | p50 ms | p95 ms | max ms | requests/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['client']} | {r['clients']} | {r['requests']} | {r['ok']} | {r['errors']} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} | {r['per_s']:.1f} |")
+        print(
+            f"| {r['client']} | {r['clients']} | {r['requests']} | {r['ok']} | {r['errors']} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} | {r['per_s']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -52,20 +52,39 @@ def scale_overrides(scale: str, recipe: str, target: str, jobs: int) -> list[str
     """Sizes for the scale; epochs are per step (corpus step / target step)."""
     multistep = recipe == "crsm_multistep"
     if scale == "smoke":
-        out = ["defaults.image_size=16", "defaults.batch_size=16", "defaults.max_steps=2", "defaults.log_every_n_steps=1",
-               "defaults.accelerator=cpu", "defaults.checkpoint_every_n_steps=100",
-               "evaluation.train_split=val", "evaluation.probes=[linear]", "evaluation.label_fractions=[0.5,1.0]",
-               "evaluation.supervised.max_steps=2", "evaluation.supervised.batch_size=16"]
+        out = [
+            "defaults.image_size=16",
+            "defaults.batch_size=16",
+            "defaults.max_steps=2",
+            "defaults.log_every_n_steps=1",
+            "defaults.accelerator=cpu",
+            "defaults.checkpoint_every_n_steps=100",
+            "evaluation.train_split=val",
+            "evaluation.probes=[linear]",
+            "evaluation.label_fractions=[0.5,1.0]",
+            "evaluation.supervised.max_steps=2",
+            "evaluation.supervised.batch_size=16",
+        ]
         return out
     if scale == "cpu":
         return []
     workers = max(2, 15 // jobs)
     target_epochs = {"covid3": 40, "pneumoniamnist": 12}[target]
-    out = ["defaults.image_size=64", "defaults.batch_size=256", f"defaults.num_workers={workers}", "defaults.precision=bf16-mixed",
-           "defaults.optimizer.lr=0.003", "defaults.log_every_n_steps=5", "defaults.checkpoint_every_n_steps=200",
-           "defaults.schedule.warmup_epochs=1",
-           "evaluation.label_fractions=[0.01,0.1,1.0]", "evaluation.batch_size=512",
-           "evaluation.supervised.epochs=20", "evaluation.supervised.batch_size=128", "evaluation.supervised.lr=0.002"]
+    out = [
+        "defaults.image_size=64",
+        "defaults.batch_size=256",
+        f"defaults.num_workers={workers}",
+        "defaults.precision=bf16-mixed",
+        "defaults.optimizer.lr=0.003",
+        "defaults.log_every_n_steps=5",
+        "defaults.checkpoint_every_n_steps=200",
+        "defaults.schedule.warmup_epochs=1",
+        "evaluation.label_fractions=[0.01,0.1,1.0]",
+        "evaluation.batch_size=512",
+        "evaluation.supervised.epochs=20",
+        "evaluation.supervised.batch_size=128",
+        "evaluation.supervised.lr=0.002",
+    ]
     if recipe.startswith("crsm"):
         out.append("defaults.objective.warmup_steps=50")  # lambda warm-up (CRSM only)
     if recipe == "crsm_transfer":
@@ -84,14 +103,26 @@ def experiments(targets: list[str], recipes: list[str], seeds: list[int], scale:
             for seed in seeds:
                 overrides = target_overrides(recipe, target) + scale_overrides(scale, recipe, target, jobs)
                 references = recipe == recipes[0] and seed == seeds[0]
-                overrides.append("evaluation.baselines=[random_init,supervised]" if references else "evaluation.baselines=[]")
+                overrides.append(
+                    "evaluation.baselines=[random_init,supervised]" if references else "evaluation.baselines=[]"
+                )
                 if seed != 0:
                     overrides += [f"defaults.seed={seed}", f"evaluation.seed={seed}"]
-                plan.append({"id": f"{recipe}__{target}__seed{seed}", "recipe": recipe, "target": target, "seed": seed, "overrides": overrides})
+                plan.append(
+                    {
+                        "id": f"{recipe}__{target}__seed{seed}",
+                        "recipe": recipe,
+                        "target": target,
+                        "seed": seed,
+                        "overrides": overrides,
+                    }
+                )
     return plan
 
 
-def run_one(experiment: dict, out: Path, log_dir: Path, deadline: float | None = None, threads: int | None = None) -> dict:
+def run_one(
+    experiment: dict, out: Path, log_dir: Path, deadline: float | None = None, threads: int | None = None
+) -> dict:
     """``sslmed run`` one experiment into ``out/runs/<id>/`` (skipped when already done,
     or not started once ``deadline``, a ``time.monotonic()`` value, has passed)."""
     runs_dir = out / "runs" / experiment["id"]
@@ -101,7 +132,15 @@ def run_one(experiment: dict, out: Path, log_dir: Path, deadline: float | None =
     if deadline is not None and time.monotonic() > deadline:
         print(f"[{time.strftime('%H:%M:%S')}] {experiment['id']}: not started (--deadline passed)", flush=True)
         return {**experiment, "status": "not started (deadline)", "run_dir": None, "seconds": 0.0}
-    command = [sys.executable, "-m", "sslmed.cli", "run", str(REPO / "recipes" / f"{experiment['recipe']}.yaml"), "--runs-dir", str(runs_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "sslmed.cli",
+        "run",
+        str(REPO / "recipes" / f"{experiment['recipe']}.yaml"),
+        "--runs-dir",
+        str(runs_dir),
+    ]
     if any(runs_dir.glob("*/*/recipe.yaml")):
         command.append("--resume")  # continue an interrupted run of this experiment
     for item in experiment["overrides"]:
@@ -110,13 +149,21 @@ def run_one(experiment: dict, out: Path, log_dir: Path, deadline: float | None =
     with open(log_dir / f"{experiment['id']}.log", "w") as log:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if threads:  # several runs at once: keep BLAS/OpenMP from oversubscribing the cores
-            env.update({"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+            env.update(
+                {"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            )
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     seconds = round(time.perf_counter() - start, 1)
     found = sorted(runs_dir.glob("*/*/results.json"))
     status = "ok" if code == 0 and found else f"FAILED (exit {code}; see {log_dir / (experiment['id'] + '.log')})"
     print(f"[{time.strftime('%H:%M:%S')}] {experiment['id']}: {status} in {seconds:.0f} s", flush=True)
-    return {**experiment, "status": status, "run_dir": str(found[-1].parent) if found else None, "seconds": seconds, "command": " ".join(command)}
+    return {
+        **experiment,
+        "status": status,
+        "run_dir": str(found[-1].parent) if found else None,
+        "seconds": seconds,
+        "command": " ".join(command),
+    }
 
 
 def machine() -> dict:
@@ -129,8 +176,14 @@ def machine() -> dict:
     except Exception:  # pragma: no cover - informational only
         pass
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO, timeout=5).stdout.strip()
-        info["uncommitted_changes"] = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO, timeout=5).stdout.strip())
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO, timeout=5
+        ).stdout.strip()
+        info["uncommitted_changes"] = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO, timeout=5
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         pass
     return info
@@ -139,13 +192,20 @@ def machine() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=["smoke", "cpu", "gpu"], default="smoke")
-    parser.add_argument("--out", type=Path, required=True, help="output folder: runs/, logs/, report/, experiments.json")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder: runs/, logs/, report/, experiments.json"
+    )
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 1; 3 at --scale gpu)")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--seeds", default="0", help="comma-separated; several seeds give mean ± CI over seeds")
     parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--deadline", type=float, default=None, help="seconds after which no new run starts (the report covers the finished ones)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds after which no new run starts (the report covers the finished ones)",
+    )
     args = parser.parse_args()
     jobs = args.jobs or (3 if args.scale == "gpu" else 1)
     targets, recipes = args.targets.split(","), args.recipes.split(",")
@@ -166,7 +226,14 @@ def main() -> int:
         threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
         done = list(pool.map(lambda e: run_one(e, out, log_dir, deadline, threads), ordered))
     sweep_seconds = round(time.perf_counter() - start, 1)
-    record = {"scale": args.scale, "jobs": jobs, "machine": machine(), "sweep_seconds": sweep_seconds, "command": " ".join([sys.executable] + sys.argv), "runs": done}
+    record = {
+        "scale": args.scale,
+        "jobs": jobs,
+        "machine": machine(),
+        "sweep_seconds": sweep_seconds,
+        "command": " ".join([sys.executable] + sys.argv),
+        "runs": done,
+    }
     (out / "experiments.json").write_text(json.dumps(record, indent=2))
     finished = [e["run_dir"] for e in done if e["run_dir"]]
     failed = [e for e in done if e["run_dir"] is None]

@@ -25,7 +25,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
 from PIL import Image
 
-from sslmed.data import resolve_data_root, ArrayReader, ImageDataset, ImageRecord, ImageSource
+from sslmed.data import ArrayReader, ImageDataset, ImageRecord, ImageSource, resolve_data_root
 from sslmed.engine import build_method, make_trainer
 from sslmed.models import ResNetBackbone
 from sslmed.plugins import get_registry
@@ -67,8 +67,13 @@ def sslmed_side(args, source: ImageSource, step: StepSettings, tmp: Path) -> flo
     method = build_method(step, registry)
     pipeline = build_view_pipeline([a.spec() for a in step.augmentations], registry, step.image_size, step.in_channels)
     loader = torch.utils.data.DataLoader(
-        ImageDataset(source, source.records("train"), pipeline), batch_size=args.batch_size, shuffle=True,
-        drop_last=True, num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=args.device == "cuda",
+        ImageDataset(source, source.records("train"), pipeline),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        pin_memory=args.device == "cuda",
     )
     trainer = make_trainer(step, tmp, progress=False)
     timer = StepTimer(args.warmup)
@@ -86,8 +91,16 @@ def handwritten_side(args, images: np.ndarray) -> float:
     model = torch.nn.Sequential(backbone, head).to(device)
     criterion = NTXentLoss(temperature=0.2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    transform = SimCLRTransform(input_size=args.image_size, min_scale=0.2, cj_strength=0.5, cj_sat=0.0, cj_hue=0.0,
-                                random_gray_scale=0.0, gaussian_blur=0.0, normalize=normalize_values(1))
+    transform = SimCLRTransform(
+        input_size=args.image_size,
+        min_scale=0.2,
+        cj_strength=0.5,
+        cj_sat=0.0,
+        cj_hue=0.0,
+        random_gray_scale=0.0,
+        gaussian_blur=0.0,
+        normalize=normalize_values(1),
+    )
 
     class Views(torch.utils.data.Dataset):
         def __len__(self):
@@ -96,8 +109,15 @@ def handwritten_side(args, images: np.ndarray) -> float:
         def __getitem__(self, i):
             return transform(Image.fromarray(images[i]).convert("L"))
 
-    loader = torch.utils.data.DataLoader(Views(), batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=args.device == "cuda")
+    loader = torch.utils.data.DataLoader(
+        Views(),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        pin_memory=args.device == "cuda",
+    )
     model.train()
     done, start = 0, 0.0
     while done < args.warmup + args.steps:
@@ -135,17 +155,25 @@ def main() -> None:
 
     images = np.load(DATA)["train_images"]
     source = make_source(images)
-    step = StepSettings.model_validate({
-        "name": "bench", "data": "x",
-        "backbone": {"name": "resnet18", "small_input": args.small_input},
-        "objective": {"name": "simclr", "temperature": 0.2},
-        "augmentations": [{"name": "simclr", "min_scale": 0.2}],
-        "image_size": args.image_size, "batch_size": args.batch_size,
-        "max_steps": args.warmup + args.steps, "epochs": 1000,
-        "accelerator": "gpu" if args.device == "cuda" else "cpu", "devices": 1,
-        "optimizer": {"name": "adamw", "lr": 1e-3}, "schedule": {"name": "constant"},
-        "checkpoint_every_n_steps": None, "log_every_n_steps": 50,
-    })
+    step = StepSettings.model_validate(
+        {
+            "name": "bench",
+            "data": "x",
+            "backbone": {"name": "resnet18", "small_input": args.small_input},
+            "objective": {"name": "simclr", "temperature": 0.2},
+            "augmentations": [{"name": "simclr", "min_scale": 0.2}],
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "max_steps": args.warmup + args.steps,
+            "epochs": 1000,
+            "accelerator": "gpu" if args.device == "cuda" else "cpu",
+            "devices": 1,
+            "optimizer": {"name": "adamw", "lr": 1e-3},
+            "schedule": {"name": "constant"},
+            "checkpoint_every_n_steps": None,
+            "log_every_n_steps": 50,
+        }
+    )
     import tempfile
 
     results = {"sslmed": [], "handwritten": []}
@@ -153,12 +181,18 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             results["sslmed"].append(sslmed_side(args, source, step, Path(tmp)))
         results["handwritten"].append(handwritten_side(args, images))
-        print(f"round {round_index + 1}: sslmed {results['sslmed'][-1]:.1f} img/s, hand-written {results['handwritten'][-1]:.1f} img/s", flush=True)
-    ratios = [a / b for a, b in zip(results["sslmed"], results["handwritten"])]
+        print(
+            f"round {round_index + 1}: sslmed {results['sslmed'][-1]:.1f} img/s, hand-written {results['handwritten'][-1]:.1f} img/s",
+            flush=True,
+        )
+    ratios = [a / b for a, b in zip(results["sslmed"], results["handwritten"], strict=False)]
     summary = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
-        "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "rounds": args.rounds,
         "sslmed_img_s": statistics.median(results["sslmed"]),
         "handwritten_img_s": statistics.median(results["handwritten"]),
         "ratio_median": statistics.median(ratios),

@@ -23,7 +23,9 @@ __all__ = ["build_demo", "launch_options", "main", "serve"]
 def main(argv: list[str] | None = None) -> None:
     """Parse the settings, load the model once and serve until interrupted."""
     parser = argparse.ArgumentParser(description="Serve the sslmed classification page for a trained model.")
-    parser.add_argument("model", nargs="?", default=os.environ.get("SSLMED_MODEL"), help="run folder or model folder (or $SSLMED_MODEL)")
+    parser.add_argument(
+        "model", nargs="?", default=os.environ.get("SSLMED_MODEL"), help="run folder or model folder (or $SSLMED_MODEL)"
+    )
     parser.add_argument("--host", default=os.environ.get("SSLMED_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SSLMED_PORT", "7860")))
     parser.add_argument("--max-upload-mb", type=float, default=float(os.environ.get("SSLMED_MAX_UPLOAD_MB", "20")))
@@ -34,7 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     from sslmed.errors import SslmedError
 
     try:
-        serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, concurrency_limit=args.concurrency)
+        serve(
+            args.model,
+            host=args.host,
+            port=args.port,
+            max_upload_mb=args.max_upload_mb,
+            concurrency_limit=args.concurrency,
+        )
     except SslmedError as exc:
         sys.exit(f"Error: {exc}")
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 from mkdocs.exceptions import PluginError
@@ -57,7 +58,9 @@ def hook_specs() -> list[tuple[str, Any]]:
     """``(name, function)`` of every hook specification, in source order."""
     from sslmed import hookspecs
 
-    specs = [(name, fn) for name, fn in vars(hookspecs).items() if inspect.isfunction(fn) and hasattr(fn, "sslmed_spec")]
+    specs = [
+        (name, fn) for name, fn in vars(hookspecs).items() if inspect.isfunction(fn) and hasattr(fn, "sslmed_spec")
+    ]
     return sorted(specs, key=lambda item: item[1].__code__.co_firstlineno)
 
 
@@ -90,7 +93,9 @@ def _walk(command: click.Command, ctx: click.Context) -> Iterator[tuple[click.Co
             sub = command.get_command(ctx, name)
             if sub is None or sub.hidden:
                 continue
-            yield from _walk(sub, click.Context(sub, info_name=name, parent=ctx, terminal_width=88, max_content_width=88))
+            yield from _walk(
+                sub, click.Context(sub, info_name=name, parent=ctx, terminal_width=88, max_content_width=88)
+            )
 
 
 def render_cli() -> str:
@@ -140,7 +145,9 @@ def _type(prop: dict[str, Any], anchors: dict[str, str]) -> str:
     if kind == "object":
         values = prop.get("additionalProperties")
         return f"mapping of string to {_type(values, anchors)}" if isinstance(values, dict) else "mapping"
-    return {"integer": "integer", "number": "number", "string": "string", "boolean": "boolean", "null": "null"}.get(kind, kind)
+    return {"integer": "integer", "number": "number", "string": "string", "boolean": "boolean", "null": "null"}.get(
+        kind, kind
+    )
 
 
 def _fields_table(schema: dict[str, Any], anchors: dict[str, str]) -> str:
@@ -152,7 +159,9 @@ def _fields_table(schema: dict[str, Any], anchors: dict[str, str]) -> str:
     for key, prop in properties.items():
         default = "*required*" if key in required else f"`{json.dumps(prop.get('default'))}`"
         notes = [prop.get("description", "")] + _constraints(prop)
-        rows.append(f"| `{key}` | {_cell(_type(prop, anchors))} | {_cell(default)} | {_cell('; '.join(n for n in notes if n))} |")
+        rows.append(
+            f"| `{key}` | {_cell(_type(prop, anchors))} | {_cell(default)} | {_cell('; '.join(n for n in notes if n))} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -160,15 +169,27 @@ def render_recipe_schema() -> str:
     from sslmed.recipe import recipe_schema
 
     schema = recipe_schema()
-    order = ["StepSettings", "ComponentSpec", "OptimizerSettings", "ScheduleSettings", "EvaluationSettings", "SupervisedSettings"]
+    order = [
+        "StepSettings",
+        "ComponentSpec",
+        "OptimizerSettings",
+        "ScheduleSettings",
+        "EvaluationSettings",
+        "SupervisedSettings",
+    ]
     found = schema.get("$defs", {})
     definitions = {name: found[name] for name in order if name in found}
     definitions.update({name: value for name, value in found.items() if name not in definitions})
     anchors = {name: f"recipe-{name.lower()}" for name in definitions}
     anchors["Recipe"] = "recipe-recipe"
-    out = [f"### Recipe {{#recipe-recipe}}\n", schema.get("description", ""), "", _fields_table(schema, anchors)]
+    out = ["### Recipe {#recipe-recipe}\n", schema.get("description", ""), "", _fields_table(schema, anchors)]
     for name, definition in definitions.items():
-        out += [f"### {name} {{#{anchors[name]}}}\n", definition.get("description", ""), "", _fields_table(definition, anchors)]
+        out += [
+            f"### {name} {{#{anchors[name]}}}\n",
+            definition.get("description", ""),
+            "",
+            _fields_table(definition, anchors),
+        ]
         if definition.get("additionalProperties") is True:
             out.append("Other keys are the component's own arguments; see [Components](components.md).\n")
     return "\n".join(out)
@@ -218,7 +239,9 @@ def render_hook_list() -> str:
 def render_hookspec(name: str) -> str:
     specs = dict(hook_specs())
     if name not in specs:
-        raise PluginError(f"docs: sslmed:hookspec {name}: no such hook in sslmed/hookspecs.py (hooks: {', '.join(specs)})")
+        raise PluginError(
+            f"docs: sslmed:hookspec {name}: no such hook in sslmed/hookspecs.py (hooks: {', '.join(specs)})"
+        )
     _documented_hooks.add(name)
     source = inspect.getsource(specs[name]).rstrip()
     return f'```python title="sslmed/hookspecs.py"\n{source}\n```\n'
@@ -250,7 +273,12 @@ def on_files(files: Any, config: Any) -> Any:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     def replace(match: re.Match[str]) -> str:
         what, arg = match["what"], match["arg"]
-        simple = {"cli": render_cli, "recipe-schema": render_recipe_schema, "components": render_components, "hook-list": render_hook_list}
+        simple = {
+            "cli": render_cli,
+            "recipe-schema": render_recipe_schema,
+            "components": render_components,
+            "hook-list": render_hook_list,
+        }
         if what in simple and arg is None:
             return simple[what]()
         if what == "hookspec" and arg:
@@ -265,4 +293,6 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
 def on_post_build(config: Any) -> None:
     missing = [name for name, _fn in hook_specs() if name not in _documented_hooks]
     if missing:
-        raise PluginError(f"docs: hook(s) {', '.join(missing)} of sslmed/hookspecs.py have no <!-- sslmed:hookspec NAME --> section")
+        raise PluginError(
+            f"docs: hook(s) {', '.join(missing)} of sslmed/hookspecs.py have no <!-- sslmed:hookspec NAME --> section"
+        )

@@ -89,7 +89,9 @@ def read_backbone_meta(directory: Path) -> dict[str, Any]:
     return _read_json(directory / "backbone.json")
 
 
-def load_backbone_weights(directory: Path, backbone: torch.nn.Module, expect: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_backbone_weights(
+    directory: Path, backbone: torch.nn.Module, expect: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Load an exported backbone into ``backbone``; every mismatch is a CheckpointError.
 
     ``expect`` (e.g. ``{"backbone": spec, "in_channels": 1}``) must equal the export's
@@ -98,7 +100,9 @@ def load_backbone_weights(directory: Path, backbone: torch.nn.Module, expect: di
     meta = read_backbone_meta(directory)
     for key, value in (expect or {}).items():
         if meta.get(key) != value:
-            raise CheckpointError(f"{directory}: checkpoint is from another model: {key} is {meta.get(key)!r}, expected {value!r}")
+            raise CheckpointError(
+                f"{directory}: checkpoint is from another model: {key} is {meta.get(key)!r}, expected {value!r}"
+            )
     state = load_tensors(directory / "backbone.safetensors")
     result = backbone.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -64,17 +64,43 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value, e.g. steps.0.epochs=2 (repeatable).")
-@click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_DIR]", help="Continue an interrupted run: the latest of this recipe, or RUN_DIR.")
-@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="Where run folders go.")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Use this run folder (new, or continue the run in it); give every machine of a multi-node job the same one.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe value, e.g. steps.0.epochs=2 (repeatable).",
+)
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[RUN_DIR]",
+    help="Continue an interrupted run: the latest of this recipe, or RUN_DIR.",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Where run folders go.",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Use this run folder (new, or continue the run in it); give every machine of a multi-node job the same one.",
+)
 def run(recipe: Path, overrides: tuple[str, ...], resume: str | None, runs_dir: Path, run_dir: Path | None) -> None:
     """Run RECIPE: every pre-training step, then the evaluation; print the results table."""
     from sslmed.errors import UsageError
     from sslmed.runner import run_recipe
 
     if resume and run_dir:
-        raise UsageError("give either --resume or --run-dir, not both (--run-dir continues a run already in that folder)")
+        raise UsageError(
+            "give either --resume or --run-dir, not both (--run-dir continues a run already in that folder)"
+        )
     result = run_recipe(recipe, overrides, runs_dir=runs_dir, resume=resume, run_dir=run_dir)
     if result is None:  # a DDP worker process: rank 0 reports
         return
@@ -110,7 +136,16 @@ def plugins(as_json: bool) -> None:
     infos = []
     for info in plugin_infos():
         components = [f"{c.kind}:{c.name}" for c in registry.list() if c.plugin == info.name]
-        infos.append({"name": info.name, "version": info.version, "builtin": info.builtin, "hooks": list(info.hooks), "components": components, "error": info.error})
+        infos.append(
+            {
+                "name": info.name,
+                "version": info.version,
+                "builtin": info.builtin,
+                "hooks": list(info.hooks),
+                "components": components,
+                "error": info.error,
+            }
+        )
     if as_json:
         click.echo(json.dumps(infos, indent=2))
         return
@@ -179,7 +214,9 @@ def info(component: str, kind: str | None) -> None:
     if not found:
         names = sorted({c.name for c in registry.list()})
         hint = close_matches(component, names)
-        raise UnknownComponentError(f"no component named {component!r}" + (f"; did you mean {' or '.join(map(repr, hint))}?" if hint else ""))
+        raise UnknownComponentError(
+            f"no component named {component!r}" + (f"; did you mean {' or '.join(map(repr, hint))}?" if hint else "")
+        )
     click.echo("\n\n".join(describe_component(c) for c in found))
 
 

@@ -27,10 +27,11 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ class ImageRecord:
     ``1.0``/``0.0``, or ``nan`` where the label is unknown or ignored.
     """
 
-    ref: Union[str, int]
+    ref: str | int
     label: int = UNLABELLED
     patient_id: str | None = None
     targets: tuple[float, ...] | None = None
@@ -120,7 +121,7 @@ class ImageSource:
         """The class name of a record (``""`` when it has none); multi-label: the
         positive findings joined by ``|``."""
         if record.targets is not None:
-            return "|".join(c for c, t in zip(self.classes, record.targets) if t == 1.0)
+            return "|".join(c for c, t in zip(self.classes, record.targets, strict=False) if t == 1.0)
         return self.classes[record.label] if 0 <= record.label < len(self.classes) else ""
 
     def fingerprint(self) -> str:
@@ -136,13 +137,22 @@ class ImageSource:
 
     def summary(self) -> dict[str, Any]:
         """Counts per split and class (per finding: positive/negative/unknown), for manifests and logs."""
-        out: dict[str, Any] = {"task": self.task, "classes": self.classes, "splits": {}, "split_origin": self.split_origin}
+        out: dict[str, Any] = {
+            "task": self.task,
+            "classes": self.classes,
+            "splits": {},
+            "split_origin": self.split_origin,
+        }
         for split, records in self.splits.items():
             entry: dict[str, Any] = {"images": len(records)}
             if self.task == "multilabel":
                 matrix = targets_matrix(records, len(self.classes))
                 entry["per_finding"] = {
-                    c: {"positive": int(np.sum(matrix[:, i] == 1)), "negative": int(np.sum(matrix[:, i] == 0)), "unknown": int(np.sum(np.isnan(matrix[:, i])))}
+                    c: {
+                        "positive": int(np.sum(matrix[:, i] == 1)),
+                        "negative": int(np.sum(matrix[:, i] == 0)),
+                        "unknown": int(np.sum(np.isnan(matrix[:, i]))),
+                    }
                     for i, c in enumerate(self.classes)
                 }
             else:
@@ -177,7 +187,7 @@ class FileReader:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def __call__(self, ref: Union[str, int], mode: str = "L") -> Image.Image:
+    def __call__(self, ref: str | int, mode: str = "L") -> Image.Image:
         return load_image(self.root / str(ref), mode=mode)  # type: ignore[arg-type]
 
 
@@ -187,7 +197,7 @@ class ArrayReader:
     def __init__(self, images: np.ndarray) -> None:
         self.images = images
 
-    def __call__(self, ref: Union[str, int], mode: str = "L") -> Image.Image:
+    def __call__(self, ref: str | int, mode: str = "L") -> Image.Image:
         return Image.fromarray(self.images[int(ref)]).convert(mode)
 
 
@@ -198,7 +208,13 @@ class ImageDataset(torch.utils.data.Dataset):
     where unknown) instead of the class index.
     """
 
-    def __init__(self, source: ImageSource, records: Sequence[ImageRecord], transform: Callable[[Image.Image], Any], mode: str = "L") -> None:
+    def __init__(
+        self,
+        source: ImageSource,
+        records: Sequence[ImageRecord],
+        transform: Callable[[Image.Image], Any],
+        mode: str = "L",
+    ) -> None:
         self.source = source
         self.records = list(records)
         self.transform = transform
@@ -242,7 +258,11 @@ def resolve_path(path: str, data_root: Path, what: str) -> Path:
     if not resolved.is_absolute():
         resolved = data_root / resolved
     if not resolved.exists():
-        hint = "" if data_root.exists() else f" (data root {data_root} does not exist: set data_root in the recipe or ${DATA_ENV})"
+        hint = (
+            ""
+            if data_root.exists()
+            else f" (data root {data_root} does not exist: set data_root in the recipe or ${DATA_ENV})"
+        )
         raise DataError(f"{what} not found: {resolved}{hint}")
     return resolved
 
@@ -283,7 +303,9 @@ def split_records(
                 warnings.simplefilter("ignore", UserWarning)
                 keep, held = next(splitter.split(np.zeros(len(indices)), labels[indices], groups[indices]))
         except ValueError:  # every class smaller than the number of folds: group-wise only
-            log.info("too few images per class to stratify a %s fraction of %.2f; splitting by patient only", what, fraction)
+            log.info(
+                "too few images per class to stratify a %s fraction of %.2f; splitting by patient only", what, fraction
+            )
             shuffle = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed + salt)
             keep, held = next(shuffle.split(np.zeros(len(indices)), groups=groups[indices]))
         return indices[keep], indices[held]
@@ -291,7 +313,11 @@ def split_records(
     everything = np.arange(len(records))
     rest, test = carve(everything, test_size, 0, "test")
     train, val = carve(rest, val_size / max(1e-9, 1 - test_size), 1, "validation")
-    out = {"train": [records[i] for i in sorted(train)], "val": [records[i] for i in sorted(val)], "test": [records[i] for i in sorted(test)]}
+    out = {
+        "train": [records[i] for i in sorted(train)],
+        "val": [records[i] for i in sorted(val)],
+        "test": [records[i] for i in sorted(test)],
+    }
     return {name: recs for name, recs in out.items() if recs or name == "train"}
 
 
@@ -345,7 +371,9 @@ def read_split_file(path: Path) -> dict[str, str]:
         columns = reader.fieldnames or []
         missing = [c for c in ("path", "split") if c not in columns]
         if missing:
-            raise DataError(f"{path}: not a split file: missing column(s) {', '.join(missing)} (columns: {', '.join(columns) or 'none'})")
+            raise DataError(
+                f"{path}: not a split file: missing column(s) {', '.join(missing)} (columns: {', '.join(columns) or 'none'})"
+            )
         assigned: dict[str, str] = {}
         for line, row in enumerate(reader, start=2):
             ref, split = row["path"], (row["split"] or "").strip()
@@ -357,7 +385,9 @@ def read_split_file(path: Path) -> dict[str, str]:
     return assigned
 
 
-def apply_split_file(records: Sequence[ImageRecord], path: Path, ignore: set[str] | frozenset[str] = frozenset()) -> dict[str, list[ImageRecord]]:
+def apply_split_file(
+    records: Sequence[ImageRecord], path: Path, ignore: set[str] | frozenset[str] = frozenset()
+) -> dict[str, list[ImageRecord]]:
     """Split ``records`` as a split file says; every record must be listed and every
     listed file must be among the records (``ignore``: refs left out as unreadable)."""
     assigned = read_split_file(path)
@@ -377,7 +407,11 @@ def apply_split_file(records: Sequence[ImageRecord], path: Path, ignore: set[str
     if absent:
         problems.append(f"it lists {len(absent)} image(s) the data does not have (e.g. {', '.join(absent[:3])})")
     if problems:
-        raise DataError(f"split file {path} does not match the data: " + "; ".join(problems) + " (was it written for other data? rewrite it with `sslmed data split`)")
+        raise DataError(
+            f"split file {path} does not match the data: "
+            + "; ".join(problems)
+            + " (was it written for other data? rewrite it with `sslmed data split`)"
+        )
     return splits
 
 
@@ -406,7 +440,7 @@ def verify_source(source: ImageSource, on_error: OnError = "error", workers: int
             check_image(path)
         except ImageLoadError as exc:
             text = str(exc)
-            return text[len(str(path)) + 2:] if text.startswith(f"{path}: ") else text
+            return text[len(str(path)) + 2 :] if text.startswith(f"{path}: ") else text
         return None
 
     if workers > 1 and len(checks) > 64:
@@ -414,11 +448,13 @@ def verify_source(source: ImageSource, on_error: OnError = "error", workers: int
             reasons = list(pool.map(check, [p for _, _, p in checks], chunksize=32))
     else:
         reasons = [check(p) for _, _, p in checks]
-    bad = [(split, record, path, reason) for (split, record, path), reason in zip(checks, reasons) if reason]
+    bad = [(split, record, path, reason) for (split, record, path), reason in zip(checks, reasons, strict=False) if reason]
     return apply_failures(source, bad, on_error)
 
 
-def apply_failures(source: ImageSource, bad: Sequence[tuple[str, ImageRecord, Path, str]], on_error: OnError) -> ImageSource:
+def apply_failures(
+    source: ImageSource, bad: Sequence[tuple[str, ImageRecord, Path, str]], on_error: OnError
+) -> ImageSource:
     """Raise for (``error``) or leave out (``skip``) the ``(split, record, path, reason)`` failures."""
     if not bad:
         return source
@@ -429,8 +465,13 @@ def apply_failures(source: ImageSource, bad: Sequence[tuple[str, ImageRecord, Pa
             f"data {source.name!r}: {len(bad)} unreadable image file(s):\n  {shown}{more}\n"
             f"fix or remove them, or set on_error: skip in the data section to leave them out"
         )
-    log.warning("data %r: %d unreadable file(s) left out (on_error: skip), e.g. %s: %s",
-                source.name, len(bad), bad[0][2], bad[0][3])
+    log.warning(
+        "data %r: %d unreadable file(s) left out (on_error: skip), e.g. %s: %s",
+        source.name,
+        len(bad),
+        bad[0][2],
+        bad[0][3],
+    )
     dropped = {(split, id(record)) for split, record, _, _ in bad}
     splits = {split: [r for r in records if (split, id(r)) not in dropped] for split, records in source.splits.items()}
     skipped = list(source.skipped) + [SkippedFile(str(record.ref), split, reason) for split, record, _, reason in bad]

@@ -44,8 +44,12 @@ def build_method(step: StepSettings, registry: Registry) -> SSLMethod:
     """The step's backbone and objective, built through the registry."""
     backbone = registry.build("backbone", step.backbone.spec(), in_channels=step.in_channels)
     method = registry.build(
-        "objective", step.objective.spec(),
-        backbone=backbone, build=registry.build, image_size=step.image_size, in_channels=step.in_channels,
+        "objective",
+        step.objective.spec(),
+        backbone=backbone,
+        build=registry.build,
+        image_size=step.image_size,
+        in_channels=step.in_channels,
     )
     if not isinstance(method, SSLMethod):
         raise UsageError(f"objective {step.objective.name!r} did not return an sslmed.methods.SSLMethod")
@@ -130,16 +134,20 @@ def train_step(
         extras = method.extra_exports()
         for name, (module, _description) in extras.items():
             save_tensors(directory / f"{name}.safetensors", module.state_dict())
-        save_backbone(directory, method.backbone, {  # written last: marks the step done
-            **backbone_identity(step),
-            "step": step.name,
-            "image_size": step.image_size,
-            "objective": step.objective.spec(),
-            "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "world_size": trainer.world_size,
-            "extras": {name: description for name, (_module, description) in extras.items()},
-        })
+        save_backbone(
+            directory,
+            method.backbone,
+            {  # written last: marks the step done
+                **backbone_identity(step),
+                "step": step.name,
+                "image_size": step.image_size,
+                "objective": step.objective.spec(),
+                "epochs": trainer.current_epoch,
+                "global_step": trainer.global_step,
+                "world_size": trainer.world_size,
+                "extras": {name: description for name, (_module, description) in extras.items()},
+            },
+        )
     if trainer.world_size > 1:
         trainer.strategy.barrier("sslmed-step-export")  # others wait for the export
 

@@ -9,8 +9,9 @@ split when the data has one; the test split is only ever scored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -52,7 +53,9 @@ class LabelledSplit:
             return targets_matrix(self.records, len(self.source.classes))
         return np.array([r.label for r in self.records])
 
-    def loader(self, transform: Callable, in_channels: int, batch_size: int, shuffle: bool = False) -> torch.utils.data.DataLoader:
+    def loader(
+        self, transform: Callable, in_channels: int, batch_size: int, shuffle: bool = False
+    ) -> torch.utils.data.DataLoader:
         dataset = ImageDataset(self.source, self.records, transform, mode=image_mode(in_channels))
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
 
@@ -62,7 +65,11 @@ RAW_PIXELS = None  # in ``extract_features``' models: flattened input pixels, no
 
 @torch.inference_mode()
 def extract_features(
-    models: Mapping[str, Backbone | None], split: LabelledSplit, image_size: int, in_channels: int, batch_size: int = 128,
+    models: Mapping[str, Backbone | None],
+    split: LabelledSplit,
+    image_size: int,
+    in_channels: int,
+    batch_size: int = 128,
 ) -> dict[str, np.ndarray]:
     """Pooled features of every image of ``split`` for each model, in one pass over the
     images (each is decoded once, however many models look at it). A model given as
@@ -99,7 +106,7 @@ def metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> di
         "accuracy": float((y_pred == y_true).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
         "macro_auc": auc,
-        "recall": {c: float(r) for c, r in zip(classes, recalls)},
+        "recall": {c: float(r) for c, r in zip(classes, recalls, strict=False)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
 
@@ -132,7 +139,9 @@ def linear_probe(c: float, seed: int) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
 
 
-def fit_linear(train_x: np.ndarray, train_y: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None, seed: int) -> tuple[Pipeline, float]:
+def fit_linear(
+    train_x: np.ndarray, train_y: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None, seed: int
+) -> tuple[Pipeline, float]:
     """A linear probe with its regularisation chosen on ``val`` (C=1 without one)."""
     best_c = 1.0
     if val is not None and len(val[1]):
@@ -155,7 +164,9 @@ class FeatureSet:
     probes: dict[str, Any] = field(default_factory=dict)
 
 
-def probe_rows(features: FeatureSet, labels: dict[str, np.ndarray], classes: list[str], settings: EvaluationSettings) -> list[dict[str, Any]]:
+def probe_rows(
+    features: FeatureSet, labels: dict[str, np.ndarray], classes: list[str], settings: EvaluationSettings
+) -> list[dict[str, Any]]:
     """One row per probe and label fraction for one model's features."""
     if labels["train"].ndim == 2:  # multi-label targets (e.g. CheXpert findings)
         return multilabel_probe_rows(features, labels, classes, settings)
@@ -173,7 +184,17 @@ def probe_rows(features: FeatureSet, labels: dict[str, np.ndarray], classes: lis
                 model = KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance").fit(x, y)
                 extra = {"k": k}
             proba = _full_proba(model, features.test, len(classes))
-            rows.append({"model": features.model, "probe": probe_name, "label_fraction": fraction, "train_images": int(len(y)), **extra, **metrics(labels["test"], proba, classes), "test_predictions": predictions(labels["test"], proba)})
+            rows.append(
+                {
+                    "model": features.model,
+                    "probe": probe_name,
+                    "label_fraction": fraction,
+                    "train_images": int(len(y)),
+                    **extra,
+                    **metrics(labels["test"], proba, classes),
+                    "test_predictions": predictions(labels["test"], proba),
+                }
+            )
             if probe_name == "linear" and fraction == 1.0:
                 features.probes["linear"] = model
     return rows
@@ -199,25 +220,46 @@ class SupervisedModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(self.trainer.estimated_stepping_batches)))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, int(self.trainer.estimated_stepping_batches))
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def supervised_proba(
-    backbone: Backbone, train: LabelledSplit, test: LabelledSplit, n_classes: int,
-    image_size: int, in_channels: int, settings: SupervisedSettings, seed: int, fraction: float = 1.0,
+    backbone: Backbone,
+    train: LabelledSplit,
+    test: LabelledSplit,
+    n_classes: int,
+    image_size: int,
+    in_channels: int,
+    settings: SupervisedSettings,
+    seed: int,
+    fraction: float = 1.0,
 ) -> np.ndarray:
     """Train ``backbone`` from scratch on the labels, return test probabilities."""
     L.seed_everything(seed, workers=True, verbose=False)
     chosen = subsample(train.labels, fraction, seed)
     subset = LabelledSplit(train.source, [train.records[i] for i in chosen])
-    augment = v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip(), eval_transform(image_size, in_channels)])
+    augment = v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            eval_transform(image_size, in_channels),
+        ]
+    )
     batch_size = min(settings.batch_size, len(subset.records))
     loader = subset.loader(augment, in_channels, batch_size, shuffle=True)
     module = SupervisedModule(backbone, n_classes, settings.lr)
     trainer = L.Trainer(
-        max_epochs=settings.epochs, max_steps=settings.max_steps, accelerator="auto", devices=1,
-        logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+        max_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
     )
     trainer.fit(module, loader)
     module.eval().to(device())
@@ -231,7 +273,9 @@ def supervised_proba(
 # ------------------------------------------------------------------ multi-label
 
 
-def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, findings: Sequence[str], threshold: float = 0.5) -> dict[str, Any]:
+def multilabel_metrics(
+    y_true: np.ndarray, proba: np.ndarray, findings: Sequence[str], threshold: float = 0.5
+) -> dict[str, Any]:
     """Per-finding AUC, sensitivity and accuracy over the images whose label is known
     (``nan`` in ``y_true`` is left out); the summary keys are means over findings.
 
@@ -255,8 +299,14 @@ def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, findings: Sequence
         finite = [v for v in values.values() if not np.isnan(v)]
         return float(np.mean(finite)) if finite else float("nan")
 
-    return {"accuracy": mean(accuracy), "balanced_accuracy": mean(balanced), "macro_auc": mean(auc),
-            "recall": recall, "auc": auc, "positives": positives}
+    return {
+        "accuracy": mean(accuracy),
+        "balanced_accuracy": mean(balanced),
+        "macro_auc": mean(auc),
+        "recall": recall,
+        "auc": auc,
+        "positives": positives,
+    }
 
 
 class MultiLabelProbe:
@@ -267,7 +317,7 @@ class MultiLabelProbe:
         self.make = make
         self.models: list[Any] = []
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "MultiLabelProbe":
+    def fit(self, x: np.ndarray, y: np.ndarray) -> MultiLabelProbe:
         self.models = []
         for j in range(y.shape[1]):
             known = ~np.isnan(y[:, j])
@@ -282,11 +332,16 @@ class MultiLabelProbe:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        columns = [np.full(len(x), m) if isinstance(m, float) else m.predict_proba(x)[:, list(m.classes_).index(1)] for m in self.models]
+        columns = [
+            np.full(len(x), m) if isinstance(m, float) else m.predict_proba(x)[:, list(m.classes_).index(1)]
+            for m in self.models
+        ]
         return np.stack(columns, axis=1)
 
 
-def multilabel_probe_rows(features: FeatureSet, labels: dict[str, np.ndarray], findings: list[str], settings: EvaluationSettings) -> list[dict[str, Any]]:
+def multilabel_probe_rows(
+    features: FeatureSet, labels: dict[str, np.ndarray], findings: list[str], settings: EvaluationSettings
+) -> list[dict[str, Any]]:
     """:func:`probe_rows` for multi-label targets: linear (C chosen on val by mean AUC)
     and kNN probes, one binary probe per finding, scored by per-finding AUC."""
     rows = []
@@ -304,15 +359,27 @@ def multilabel_probe_rows(features: FeatureSet, labels: dict[str, np.ndarray], f
                     scores = {}
                     for c in PROBE_C_GRID:
                         fitted = MultiLabelProbe(lambda c=c: linear_probe(c, settings.seed)).fit(x, y)
-                        scores[c] = multilabel_metrics(labels["val"], fitted.predict_proba(features.val), findings)["macro_auc"]
+                        scores[c] = multilabel_metrics(labels["val"], fitted.predict_proba(features.val), findings)[
+                            "macro_auc"
+                        ]
                     best_c = max(scores, key=lambda c: (np.nan_to_num(scores[c], nan=-1.0), -abs(np.log10(c))))
-                model = MultiLabelProbe(lambda: linear_probe(best_c, settings.seed)).fit(x, y)
+                model = MultiLabelProbe(lambda c=best_c: linear_probe(c, settings.seed)).fit(x, y)
                 extra: dict[str, Any] = {"C": best_c}
             else:
                 k = min(settings.knn_k, len(y))
-                model = MultiLabelProbe(lambda: KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance")).fit(x, y)
+                model = MultiLabelProbe(
+                    lambda k=k: KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance")
+                ).fit(x, y)
                 extra = {"k": k}
             proba = model.predict_proba(features.test)
-            rows.append({"model": features.model, "probe": probe_name, "label_fraction": fraction, "train_images": int(len(y)),
-                         **extra, **multilabel_metrics(labels["test"], proba, findings)})
+            rows.append(
+                {
+                    "model": features.model,
+                    "probe": probe_name,
+                    "label_fraction": fraction,
+                    "train_images": int(len(y)),
+                    **extra,
+                    **multilabel_metrics(labels["test"], proba, findings),
+                }
+            )
     return rows

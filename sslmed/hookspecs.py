@@ -17,7 +17,8 @@ record which plugin provided which component.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -24,7 +24,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Union
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -32,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sslmed.errors import ImageLoadError
 
 Mode = Literal["L", "RGB"]
-Source = Union[str, Path, bytes, BinaryIO]
+Source = str | Path | bytes | BinaryIO
 
 #: images whose longer side exceeds this are downscaled while loading
 DEFAULT_MAX_SIDE = 2048
@@ -212,7 +212,9 @@ def _read_pil(data: bytes, name: str, max_side: int | None) -> tuple[Image.Image
             image = Image.open(io.BytesIO(data))
             info = ImageInfo(image.width, image.height, image.mode, image.format or "unknown", _bits_of(image))
             if image.width * image.height > MAX_PIXELS:
-                raise ImageLoadError(f"{name}: image is too large ({image.width}x{image.height} pixels; the limit is {MAX_PIXELS:,} pixels)")
+                raise ImageLoadError(
+                    f"{name}: image is too large ({image.width}x{image.height} pixels; the limit is {MAX_PIXELS:,} pixels)"
+                )
             if max_side and image.format == "JPEG" and max(image.size) > max_side:
                 image.draft(image.mode, (max_side, max_side))  # decode JPEG at reduced scale
             image.load()
@@ -222,7 +224,9 @@ def _read_pil(data: bytes, name: str, max_side: int | None) -> tuple[Image.Image
         if _looks_like_text(data[:256]):
             head = data[:40].decode("utf-8", "replace").strip().splitlines()[0] if data.strip() else ""
             raise ImageLoadError(f"{name}: is a text file, not an image (it starts with {head!r})") from None
-        raise ImageLoadError(f"{name}: not an image format sslmed can read (PNG, JPEG, WebP, TIFF, BMP, DICOM)") from None
+        raise ImageLoadError(
+            f"{name}: not an image format sslmed can read (PNG, JPEG, WebP, TIFF, BMP, DICOM)"
+        ) from None
     except Image.DecompressionBombError:
         raise ImageLoadError(f"{name}: image is too large to decode safely (more than {MAX_PIXELS:,} pixels)") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:

@@ -53,7 +53,11 @@ class SSLMethod(L.LightningModule):
         batch_size = views["views"][0].shape[0]
         self.log_dict(
             {f"train/{name}": value.detach() for name, value in losses.items()},
-            prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=False,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch_size,
+            sync_dist=False,
         )
         return losses["loss"]
 
@@ -61,7 +65,9 @@ class SSLMethod(L.LightningModule):
         settings = self.optimizer_settings
         params = [p for p in self.parameters() if p.requires_grad]
         if settings.name == "sgd":
-            optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+            optimizer = torch.optim.SGD(
+                params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+            )
         elif settings.name == "adam":
             optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
         else:

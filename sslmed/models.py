@@ -35,7 +35,9 @@ class ResNetBackbone(Backbone):
     CIFAR-sized inputs), so 28-64 px images keep a useful feature map.
     """
 
-    def __init__(self, arch: str, in_channels: int = 1, small_input: bool = False, zero_init_residual: bool = False) -> None:
+    def __init__(
+        self, arch: str, in_channels: int = 1, small_input: bool = False, zero_init_residual: bool = False
+    ) -> None:
         super().__init__()
         net = getattr(tv_models, arch)(weights=None, zero_init_residual=zero_init_residual)
         if small_input:

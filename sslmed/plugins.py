@@ -123,8 +123,7 @@ def _fill(registry: Registry, pm: pluggy.PluginManager) -> None:
                 raise
             except Exception as exc:
                 raise PluginError(
-                    f"plugin {impl.plugin_name!r} failed in {REGISTRATION_HOOKS[kind]}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"plugin {impl.plugin_name!r} failed in {REGISTRATION_HOOKS[kind]}: {type(exc).__name__}: {exc}"
                 ) from exc
 
 

@@ -8,8 +8,9 @@ It never imports the trainer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,10 @@ def linear_head_from_probe(probe: Pipeline, n_classes: int) -> tuple[torch.Tenso
 
 
 def export_classifier(
-    directory: Path, backbone: Backbone, probe: Pipeline, meta: dict[str, Any],
+    directory: Path,
+    backbone: Backbone,
+    probe: Pipeline,
+    meta: dict[str, Any],
     extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """Write ``model.safetensors`` + ``model.json`` (``meta``: backbone spec, classes, ...).
@@ -80,7 +84,9 @@ def find_model_dir(path: str | Path) -> Path:
             return candidate
     if not path.exists():
         raise CheckpointError(f"{path}: not found")
-    raise CheckpointError(f"{path}: no exported model here (expected model.json, or a run folder with model/; run evaluation first)")
+    raise CheckpointError(
+        f"{path}: no exported model here (expected model.json, or a run folder with model/; run evaluation first)"
+    )
 
 
 class Predictor:
@@ -110,7 +116,12 @@ class Predictor:
         #: extra modules of the export (e.g. ``decoder`` of a CRSM model), in eval mode
         self.extras: dict[str, torch.nn.Module] = {}
         for name, description in extras.items():
-            module = registry.build(description["kind"], description["spec"], backbone=backbone, **{k: v for k, v in description.items() if k not in ("kind", "spec")})
+            module = registry.build(
+                description["kind"],
+                description["spec"],
+                backbone=backbone,
+                **{k: v for k, v in description.items() if k not in ("kind", "spec")},
+            )
             module.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
             self.extras[name] = module.to(self.device).eval()
         self.transform = eval_transform(self.image_size, self.in_channels)
@@ -128,7 +139,7 @@ class Predictor:
         """Class probabilities for already-loaded images."""
         batch = torch.cat([self.model_input(image) for image in images]).to(self.device)
         probabilities = torch.softmax(self.model(batch).float(), dim=1).cpu().numpy()
-        return [{c: float(p) for c, p in zip(self.classes, row)} for row in probabilities]
+        return [{c: float(p) for c, p in zip(self.classes, row, strict=False)} for row in probabilities]
 
     def predict(self, sources: Sequence[Source]) -> list[dict[str, float]]:
         """Class probabilities for image files (each loaded with the one image loader)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import pydantic
 import yaml
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sslmed.errors import RecipeError, UsageError
 from sslmed.registry import Registry, close_matches
 
-Loc = tuple[Union[str, int], ...]
+Loc = tuple[str | int, ...]
 
 
 class _Strict(BaseModel):
@@ -74,7 +74,7 @@ class StepSettings(_Strict):
     schedule: ScheduleSettings = ScheduleSettings()
     seed: int = 0
     accelerator: str = "auto"
-    devices: Union[int, str, list[int]] = 1
+    devices: int | str | list[int] = 1
     strategy: str = "auto"
     num_nodes: int = Field(1, ge=1)
     precision: str = "32-true"
@@ -217,12 +217,12 @@ def _load_with_extends(path: Path, lines: _LineMap, seen: tuple[Path, ...] = ())
     return deep_merge(base, data)
 
 
-def parse_override(text: str) -> tuple[list[Union[str, int]], Any]:
+def parse_override(text: str) -> tuple[list[str | int], Any]:
     """``"steps.0.epochs=2"`` -> ``(["steps", 0, "epochs"], 2)``; values parse as YAML."""
     if "=" not in text:
         raise UsageError(f"--set expects KEY=VALUE (e.g. steps.0.epochs=2), got {text!r}")
     key, raw = text.split("=", 1)
-    parts: list[Union[str, int]] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+    parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
     if not key.strip() or any(p == "" for p in parts):
         raise UsageError(f"--set has an empty key in {text!r}")
     try:
@@ -322,7 +322,9 @@ def _describe(error: dict[str, Any], model: type[BaseModel], prefix: Loc) -> tup
         return loc, message
     if error["type"] == "missing":
         return loc, "required key is missing"
-    return loc, error["msg"] + (f" (got {error['input']!r})" if not isinstance(error.get("input"), dict) and "input" in error else "")
+    return loc, error["msg"] + (
+        f" (got {error['input']!r})" if not isinstance(error.get("input"), dict) and "input" in error else ""
+    )
 
 
 class _Problems:
@@ -343,9 +345,7 @@ class _Problems:
             raise RecipeError(ordered, source=self.source)
 
 
-def _check_component(
-    problems: _Problems, registry: Registry, kind: str, raw: Any, loc: Loc
-) -> str | None:
+def _check_component(problems: _Problems, registry: Registry, kind: str, raw: Any, loc: Loc) -> str | None:
     """Validate one component spec against the registry; returns its name if known."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         return None  # the structural pass already reported it
@@ -382,7 +382,9 @@ def _check_components(problems: _Problems, registry: Registry, data: dict[str, A
             continue
         stages = []
         for position, aug in enumerate(augmentations):
-            name = _check_component(problems, registry, "augmentation", aug, ("steps", index, "augmentations", position))
+            name = _check_component(
+                problems, registry, "augmentation", aug, ("steps", index, "augmentations", position)
+            )
             if name:
                 stages.append(registry.get("augmentation", name).metadata.get("stage", "tensor"))
         if len(stages) == len(augmentations) and stages.count("views") != 1:
@@ -396,14 +398,23 @@ def _check_references(problems: _Problems, recipe: Recipe) -> None:
     seen: dict[str, int] = {}
     for index, step in enumerate(recipe.steps):
         if step.name in seen:
-            problems.add(("steps", index, "name"), f"step name {step.name!r} is already used by steps[{seen[step.name]}]")
+            problems.add(
+                ("steps", index, "name"), f"step name {step.name!r} is already used by steps[{seen[step.name]}]"
+            )
         if step.data not in recipe.data:
             hint = close_matches(step.data, list(recipe.data))
-            problems.add(("steps", index, "data"), f"no data named {step.data!r}" + (f"; did you mean {hint[0]!r}?" if hint else f" (defined: {', '.join(recipe.data) or 'none'})"))
+            problems.add(
+                ("steps", index, "data"),
+                f"no data named {step.data!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else f" (defined: {', '.join(recipe.data) or 'none'})"),
+            )
         if step.init_from is not None:
             if step.init_from not in seen:
                 earlier = ", ".join(seen) or "none"
-                problems.add(("steps", index, "init_from"), f"{step.init_from!r} is not an earlier step (earlier steps: {earlier})")
+                problems.add(
+                    ("steps", index, "init_from"),
+                    f"{step.init_from!r} is not an earlier step (earlier steps: {earlier})",
+                )
             else:
                 source = recipe.steps[seen[step.init_from]]
                 if source.backbone.spec() != step.backbone.spec() or source.in_channels != step.in_channels:
@@ -415,7 +426,9 @@ def _check_references(problems: _Problems, recipe: Recipe) -> None:
         seen.setdefault(step.name, index)
     if recipe.evaluation is not None:
         if recipe.evaluation.data not in recipe.data:
-            problems.add(("evaluation", "data"), f"no data named {recipe.evaluation.data!r} (defined: {', '.join(recipe.data)})")
+            problems.add(
+                ("evaluation", "data"), f"no data named {recipe.evaluation.data!r} (defined: {', '.join(recipe.data)})"
+            )
         if recipe.evaluation.step is not None and recipe.evaluation.step not in seen:
             problems.add(("evaluation", "step"), f"no step named {recipe.evaluation.step!r} (steps: {', '.join(seen)})")
 
@@ -430,7 +443,9 @@ def load_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> t
     return data, lines
 
 
-def validate(data: dict[str, Any], registry: Registry, lines: _LineMap | None = None, source: str = "<recipe>") -> Recipe:
+def validate(
+    data: dict[str, Any], registry: Registry, lines: _LineMap | None = None, source: str = "<recipe>"
+) -> Recipe:
     """Check a raw recipe completely and return the model, or raise every problem."""
     problems = _Problems(lines or _LineMap(), source)
     recipe: Recipe | None = None

@@ -25,9 +25,10 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -81,7 +82,9 @@ class Run:
         return json.dumps(doc, sort_keys=True, default=str)
 
     def seed(self) -> tuple[Any, ...]:
-        return tuple(s.get("seed") for s in self.recipe.get("steps", [])) + ((self.recipe.get("evaluation") or {}).get("seed"),)
+        return tuple(s.get("seed") for s in self.recipe.get("steps", [])) + (
+            (self.recipe.get("evaluation") or {}).get("seed"),
+        )
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -96,7 +99,9 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
             continue
         below = sorted(p.parent for p in path.rglob("results.json") if (p.parent / "recipe.yaml").is_file())
         if not below:
-            raise UsageError(f"{path}: not a run folder and no run folder below it (no results.json; did the run's evaluation finish?)")
+            raise UsageError(
+                f"{path}: not a run folder and no run folder below it (no results.json; did the run's evaluation finish?)"
+            )
         found += below
     unique = list(dict.fromkeys(p.resolve() for p in found))
     return unique
@@ -104,6 +109,7 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_run(path: Path) -> Run:
     """Read what the report needs from a run folder."""
+
     def read_json(name: str) -> dict[str, Any]:
         file = path / name
         return json.loads(file.read_text()) if file.is_file() else {}
@@ -148,7 +154,9 @@ def metric_values(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict
     return out
 
 
-def bootstrap_ci(y_true: Sequence[int], proba: Sequence[Sequence[float]], n_classes: int, samples: int = 1000, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+def bootstrap_ci(
+    y_true: Sequence[int], proba: Sequence[Sequence[float]], n_classes: int, samples: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
     """``metric -> (value, low, high)``: the value on the test set and a 95% percentile
     bootstrap interval from resampling the test images."""
     truth, scores = np.asarray(y_true, dtype=int), np.asarray(proba, dtype=float)
@@ -162,7 +170,7 @@ def bootstrap_ci(y_true: Sequence[int], proba: Sequence[Sequence[float]], n_clas
     out = {}
     for key, value in point.items():
         values = np.array([v for v in draws[key] if not math.isnan(v)])
-        low, high = (np.percentile(values, [2.5, 97.5]) if len(values) else (float("nan"), float("nan")))
+        low, high = np.percentile(values, [2.5, 97.5]) if len(values) else (float("nan"), float("nan"))
         out[key] = (value, float(low), float(high))
     return out
 
@@ -188,7 +196,9 @@ def _row_values(row: dict[str, Any], classes: list[str]) -> dict[str, float]:
     return {k: float("nan") if v is None else float(v) for k, v in out.items()}
 
 
-def summarise(rows: list[dict[str, Any]], classes: list[str], samples: int) -> tuple[dict[str, tuple[float, float, float]], str]:
+def summarise(
+    rows: list[dict[str, Any]], classes: list[str], samples: int
+) -> tuple[dict[str, tuple[float, float, float]], str]:
     """One table entry from the rows of one method (one per seed): values with CIs, and how."""
     if len(rows) > 1:
         per_run = [_row_values(r, classes) for r in rows]
@@ -196,8 +206,12 @@ def summarise(rows: list[dict[str, Any]], classes: list[str], samples: int) -> t
     row = rows[0]
     predictions = row.get("test_predictions")
     if predictions and samples > 0:
-        return bootstrap_ci(predictions["y_true"], predictions["proba"], len(classes), samples), f"bootstrap over {len(predictions['y_true'])} test images"
-    return {k: (v, float("nan"), float("nan")) for k, v in _row_values(row, classes).items()}, "no CI (no per-image predictions)"
+        return bootstrap_ci(
+            predictions["y_true"], predictions["proba"], len(classes), samples
+        ), f"bootstrap over {len(predictions['y_true'])} test images"
+    return {
+        k: (v, float("nan"), float("nan")) for k, v in _row_values(row, classes).items()
+    }, "no CI (no per-image predictions)"
 
 
 def _cell(value: tuple[float, float, float]) -> str:
@@ -230,20 +244,27 @@ def _order(name: str) -> tuple[int, str]:
 
 def _pick(rows: list[dict[str, Any]], model: str | None, probe: str, fraction: float = 1.0) -> dict[str, Any] | None:
     for row in rows:
-        if (model is None or row["model"] == model or (model == "sslmed" and str(row["model"]).startswith("sslmed:"))) \
-                and row["probe"] == probe and abs(float(row["label_fraction"]) - fraction) < 1e-9:
+        if (
+            (model is None or row["model"] == model or (model == "sslmed" and str(row["model"]).startswith("sslmed:")))
+            and row["probe"] == probe
+            and abs(float(row["label_fraction"]) - fraction) < 1e-9
+        ):
             return row
     return None
 
 
-def entries_for_target(runs: list[Run], probe: str = "linear", fraction: float = 1.0, samples: int = 1000) -> list[Entry]:
+def entries_for_target(
+    runs: list[Run], probe: str = "linear", fraction: float = 1.0, samples: int = 1000
+) -> list[Entry]:
     """The rows of one target's table: references first, then the methods in order."""
     classes = runs[0].classes
     entries: list[Entry] = []
     for baseline, title in BASELINE_NAMES.items():
         chosen: dict[Any, tuple[dict[str, Any], Run]] = {}
         for run in runs:
-            row = _pick(run.results.get("rows", []), baseline, "end-to-end" if baseline == "supervised" else probe, fraction)
+            row = _pick(
+                run.results.get("rows", []), baseline, "end-to-end" if baseline == "supervised" else probe, fraction
+            )
             if row is not None and run.seed() not in chosen:
                 chosen[run.seed()] = (row, run)
         if chosen:
@@ -259,7 +280,9 @@ def entries_for_target(runs: list[Run], probe: str = "linear", fraction: float =
         seen_labels[label] = seen_labels.get(label, 0) + 1
         if seen_labels[label] > 1:
             label = f"{label} ({group[0].path.name})"
-        rows = [r for r in (_pick(run.results.get("rows", []), "sslmed", probe, fraction) for run in group) if r is not None]
+        rows = [
+            r for r in (_pick(run.results.get("rows", []), "sslmed", probe, fraction) for run in group) if r is not None
+        ]
         if rows:
             labelled.append((_order(name), Entry(label, rows, group)))
     entries += [e for _, e in sorted(labelled, key=lambda item: item[0])]
@@ -354,12 +377,18 @@ def loss_figure(runs: list[Run], path: Path) -> bool:
     terms = ["loss", "contrastive", "reconstruction"]
     colours = plt.get_cmap("tab20")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for axis, term in zip(axes, terms):
+    for axis, term in zip(axes, terms, strict=False):
         for index, (label, c) in enumerate(curves):  # one colour per run in every panel
             if c.get(term):
-                steps, values = zip(*c[term])
+                steps, values = zip(*c[term], strict=False)
                 axis.plot(steps, values, label=label, linewidth=1, color=colours(index % 20))
-        axis.set_title({"loss": "training loss (total)", "contrastive": "CRSM: NT-Xent term", "reconstruction": "CRSM: reconstruction term"}[term])
+        axis.set_title(
+            {
+                "loss": "training loss (total)",
+                "contrastive": "CRSM: NT-Xent term",
+                "reconstruction": "CRSM: reconstruction term",
+            }[term]
+        )
         axis.set_xlabel("optimiser step (steps of a multi-step run in sequence)")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -461,14 +490,23 @@ def reconstruction_figure(run: Run, path: Path, count: int = 4) -> bool:
         channels = int(step.get("in_channels", 1))
         backbone = registry.build("backbone", step["backbone"], in_channels=channels)
         load_backbone_weights(directory, backbone)
-        decoder = registry.build("decoder", description["spec"], backbone=backbone, image_size=description["image_size"], out_channels=description["out_channels"])
+        decoder = registry.build(
+            "decoder",
+            description["spec"],
+            backbone=backbone,
+            image_size=description["image_size"],
+            out_channels=description["out_channels"],
+        )
         decoder.load_state_dict(load_tensors(directory / "decoder.safetensors"))
         backbone.eval(), decoder.eval()
         images = _test_images(run, count, int(description["image_size"]), channels)
         if not images:
             return False
-        erasers = [registry.build("augmentation", {**spec, "p": 1.0, **({"seed": 0} if spec["name"] == "mdre" else {})})
-                   for spec in step.get("augmentations", []) if registry.get("augmentation", spec["name"]).metadata.get("stage") == "tensor"]
+        erasers = [
+            registry.build("augmentation", {**spec, "p": 1.0, **({"seed": 0} if spec["name"] == "mdre" else {})})
+            for spec in step.get("augmentations", [])
+            if registry.get("augmentation", spec["name"]).metadata.get("stage") == "tensor"
+        ]
         plt = _pyplot()
         fig, axes = plt.subplots(len(images), 3, figsize=(6.6, 2.2 * len(images)))
         with torch.no_grad():
@@ -477,7 +515,9 @@ def reconstruction_figure(run: Run, path: Path, count: int = 4) -> bool:
                 for eraser in erasers:
                     erased = eraser(erased)
                 rebuilt = decoder(backbone.forward_features(erased.unsqueeze(0)))[0]
-                for col, (tensor, title) in enumerate(((image, "input"), (erased, "erased view"), (rebuilt, "reconstruction"))):
+                for col, (tensor, title) in enumerate(
+                    ((image, "input"), (erased, "erased view"), (rebuilt, "reconstruction"))
+                ):
                     axis = axes[row][col]
                     axis.imshow(_to_image(tensor), cmap="gray", vmin=0, vmax=1)
                     axis.set_xticks([]), axis.set_yticks([])
@@ -493,21 +533,33 @@ def reconstruction_figure(run: Run, path: Path, count: int = 4) -> bool:
 
 def confusion_figure(entries: list[Entry], classes: list[str], path: Path) -> bool:
     """Confusion matrices (rows: truth; colour: fraction of the row) of each method's first run."""
-    shown = [(e.label, np.array(e.rows[0]["confusion_matrix"])) for e in entries if e.rows and e.rows[0].get("confusion_matrix")]
+    shown = [
+        (e.label, np.array(e.rows[0]["confusion_matrix"]))
+        for e in entries
+        if e.rows and e.rows[0].get("confusion_matrix")
+    ]
     if not shown:
         return False
     plt = _pyplot()
     cols = min(4, len(shown))
     rows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
-    for axis in axes.flat[len(shown):]:
+    for axis in axes.flat[len(shown) :]:
         axis.axis("off")
-    for axis, (label, matrix) in zip(axes.flat, shown):
+    for axis, (label, matrix) in zip(axes.flat, shown, strict=False):
         fractions = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
         axis.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
         for i in range(matrix.shape[0]):
             for j in range(matrix.shape[1]):
-                axis.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8, color="white" if fractions[i, j] > 0.6 else "black")
+                axis.text(
+                    j,
+                    i,
+                    str(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if fractions[i, j] > 0.6 else "black",
+                )
         axis.set_xticks(range(len(classes)), classes, rotation=30, fontsize=7)
         axis.set_yticks(range(len(classes)), classes, fontsize=7)
         axis.set_title(label, fontsize=9)
@@ -532,7 +584,9 @@ def fraction_figure(runs: list[Run], path: Path, probe: str = "linear") -> bool:
                 label = BASELINE_NAMES["random_init"]
             else:
                 continue
-            series.setdefault(label, {}).setdefault(float(row["label_fraction"]), []).append(float(row["balanced_accuracy"]))
+            series.setdefault(label, {}).setdefault(float(row["label_fraction"]), []).append(
+                float(row["balanced_accuracy"])
+            )
     if not any(len(points) > 1 for points in series.values()):
         return False
     plt = _pyplot()
@@ -558,16 +612,23 @@ def fraction_figure(runs: list[Run], path: Path, probe: str = "linear") -> bool:
 
 def runs_table(runs: list[Run]) -> str:
     """Where and how each run was made."""
-    lines = ["| run | recipe | target | host | commit | steps (epochs, optimiser steps) | wall time (s) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | recipe | target | host | commit | steps (epochs, optimiser steps) | wall time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         parts = []
         for step in run.recipe.get("steps", []):
             meta_file = run.path / "steps" / step["name"] / "backbone.json"
             meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-            parts.append(f"{step['name']}: {step.get('data')} {step.get('image_size')}px, {meta.get('epochs', '?')} ep / {meta.get('global_step', '?')} st")
+            parts.append(
+                f"{step['name']}: {step.get('data')} {step.get('image_size')}px, {meta.get('epochs', '?')} ep / {meta.get('global_step', '?')} st"
+            )
         seconds = sum((run.timings.get("steps_seconds") or {}).values()) if run.timings else None
         commit = (run.manifest.get("git_commit") or "?")[:10]
-        lines.append(f"| {run.path.name} | {run.name} | {run.target} | {run.manifest.get('host', '?')} | {commit} | {'; '.join(parts)} | {seconds if seconds is not None else '?'} |")
+        lines.append(
+            f"| {run.path.name} | {run.name} | {run.target} | {run.manifest.get('host', '?')} | {commit} | {'; '.join(parts)} | {seconds if seconds is not None else '?'} |"
+        )
     return "\n".join(lines)
 
 
@@ -577,9 +638,18 @@ def _markdown_to_html(text: str) -> str:
 
     def flush() -> None:
         if table:
-            cells = [[html.escape(c.strip()) for c in line.strip().strip("|").split("|")] for line in table if not re.fullmatch(r"\|(---\|)+", line.strip())]
-            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cells[0]) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:]) + "</table>")
+            cells = [
+                [html.escape(c.strip()) for c in line.strip().strip("|").split("|")]
+                for line in table
+                if not re.fullmatch(r"\|(---\|)+", line.strip())
+            ]
+            out.append(
+                "<table><tr>"
+                + "".join(f"<th>{c}</th>" for c in cells[0])
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
+                + "</table>"
+            )
             table.clear()
 
     for line in text.splitlines():
@@ -590,7 +660,9 @@ def _markdown_to_html(text: str) -> str:
         image = re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip())
         heading = re.match(r"(#+) (.*)", line)
         if image:
-            out.append(f'<p><img src="{html.escape(image.group(2))}" alt="{html.escape(image.group(1))}" style="max-width:100%"></p>')
+            out.append(
+                f'<p><img src="{html.escape(image.group(2))}" alt="{html.escape(image.group(1))}" style="max-width:100%"></p>'
+            )
         elif heading:
             level = len(heading.group(1))
             out.append(f"<h{level}>{html.escape(heading.group(2))}</h{level}>")
@@ -598,10 +670,21 @@ def _markdown_to_html(text: str) -> str:
             out.append(f"<p>{html.escape(line)}</p>")
     flush()
     style = "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>sslmed report</title><style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>sslmed report</title><style>{style}</style></head><body>\n"
+        + "\n".join(out)
+        + "\n</body></html>\n"
+    )
 
 
-def build_report(run_dirs: Sequence[str | Path], out: str | Path, samples: int = 1000, figures: bool = True, title: str = "sslmed comparison report", command: str | None = None) -> Path:
+def build_report(
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    samples: int = 1000,
+    figures: bool = True,
+    title: str = "sslmed comparison report",
+    command: str | None = None,
+) -> Path:
     """Write ``report.md``, ``report.html`` and the figures for ``run_dirs`` into ``out``."""
     runs = [load_run(p) for p in find_runs(run_dirs)]
     runs = [r for r in runs if r.results.get("rows")]
@@ -616,7 +699,8 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, samples: int =
         f"{len(runs)} run(s). Linear probe on frozen features, all training labels. 95% CIs: mean and "
         "t-interval over runs that differ only by seed, or a percentile bootstrap over the test images "
         f"({samples} resamples) for a single run. Probe settings were chosen on the validation split where the "
-        "data has one; the test split is only scored.", "",
+        "data has one; the test split is only scored.",
+        "",
     ]
     by_target: dict[str, list[Run]] = {}
     for run in runs:
@@ -631,17 +715,37 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, samples: int =
         if figures:
             name = f"confusion_{_slug(target)}.png"
             if confusion_figure(entries, classes, out / name):
-                lines += ["Confusion matrices (rows: true class; numbers: test images).", "", f"![confusion matrices {target}]({name})", ""]
+                lines += [
+                    "Confusion matrices (rows: true class; numbers: test images).",
+                    "",
+                    f"![confusion matrices {target}]({name})",
+                    "",
+                ]
             name = f"label_fractions_{_slug(target)}.png"
             if fraction_figure(target_runs, out / name):
-                lines += ["Balanced accuracy against the fraction of labels the probe (or the supervised model) was trained on.", "", f"![label fractions {target}]({name})", ""]
+                lines += [
+                    "Balanced accuracy against the fraction of labels the probe (or the supervised model) was trained on.",
+                    "",
+                    f"![label fractions {target}]({name})",
+                    "",
+                ]
     if figures:
         lines += ["## Figures", ""]
         if loss_figure(runs, out / "loss_curves.png"):
-            lines += ["Training losses (the CRSM panels show its two terms).", "", "![loss curves](loss_curves.png)", ""]
+            lines += [
+                "Training losses (the CRSM panels show its two terms).",
+                "",
+                "![loss curves](loss_curves.png)",
+                "",
+            ]
         try:
             if erasing_figure(runs, out / "erasing_examples.png"):
-                lines += ["MDRE next to random erasing on real test images.", "", "![erasing examples](erasing_examples.png)", ""]
+                lines += [
+                    "MDRE next to random erasing on real test images.",
+                    "",
+                    "![erasing examples](erasing_examples.png)",
+                    "",
+                ]
         except Exception as exc:
             log.warning("report: erasing figure skipped: %s", exc)
         for run in runs:
@@ -652,7 +756,12 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, samples: int =
                 log.warning("report: reconstructions of %s skipped: %s", run.path, exc)
                 made = False
             if made:
-                lines += [f"CRSM reconstructions: {METHOD_NAMES.get(run.name, run.name)} → {run.target}.", "", f"![reconstructions]({name})", ""]
+                lines += [
+                    f"CRSM reconstructions: {METHOD_NAMES.get(run.name, run.name)} → {run.target}.",
+                    "",
+                    f"![reconstructions]({name})",
+                    "",
+                ]
     lines += ["## Runs", "", runs_table(runs), ""]
     text = "\n".join(lines)
     atomic_write_text(out / "report.md", text)

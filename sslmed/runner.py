@@ -24,11 +24,26 @@ import numpy as np
 import yaml
 
 from sslmed import __version__
-from sslmed.checkpoints import atomic_write_json, atomic_write_text, load_backbone_weights, load_tensors, read_backbone_meta
+from sslmed.checkpoints import (
+    atomic_write_json,
+    atomic_write_text,
+    load_backbone_weights,
+    load_tensors,
+    read_backbone_meta,
+)
 from sslmed.data import ImageSource, resolve_data_root, write_run_data
 from sslmed.engine import backbone_identity, is_worker_process, step_is_done, train_step
 from sslmed.errors import DataError, RecipeError, UsageError
-from sslmed.evaluation import RAW_PIXELS, FeatureSet, LabelledSplit, extract_features, metrics, predictions, probe_rows, supervised_proba
+from sslmed.evaluation import (
+    RAW_PIXELS,
+    FeatureSet,
+    LabelledSplit,
+    extract_features,
+    metrics,
+    predictions,
+    probe_rows,
+    supervised_proba,
+)
 from sslmed.plugins import get_registry, plugin_infos
 from sslmed.predict import export_classifier
 from sslmed.recipe import Recipe, load_raw, validate
@@ -79,13 +94,21 @@ def build_sources(recipe: Recipe, registry: Registry, only: set[str] | None = No
         for split in (recipe.evaluation.train_split, recipe.evaluation.test_split):
             records = source.records(split)
             if any(not r.is_labelled for r in records):
-                raise DataError(f"evaluation data {recipe.evaluation.data!r} split {split!r} has unlabelled images; the probe needs labels")
+                raise DataError(
+                    f"evaluation data {recipe.evaluation.data!r} split {split!r} has unlabelled images; the probe needs labels"
+                )
     return sources
 
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--verify", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
         commit = out.stdout.strip()
         return commit if out.returncode == 0 and len(commit) == 40 else None
     except (OSError, subprocess.SubprocessError):
@@ -148,7 +171,9 @@ def resolve_resume(recipe: Recipe, runs_dir: Path, resume: str) -> Path:
     current = recipe_document(recipe)
     if saved != current:
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-        raise UsageError(f"--resume: the recipe differs from the one {run_dir} started with (changed: {', '.join(changed)}); start a new run instead")
+        raise UsageError(
+            f"--resume: the recipe differs from the one {run_dir} started with (changed: {', '.join(changed)}); start a new run instead"
+        )
     return run_dir
 
 
@@ -197,7 +222,14 @@ def run_recipe(
                 log.info("step %s: already done, skipped", step.name)
                 continue
             init = run_dir / "steps" / step.init_from if step.init_from else None
-            log.info("step %s: %s on %s (%s), %d epoch(s)", step.name, step.objective.name, step.data, step.split, step.epochs)
+            log.info(
+                "step %s: %s on %s (%s), %d epoch(s)",
+                step.name,
+                step.objective.name,
+                step.data,
+                step.split,
+                step.epochs,
+            )
             started = time.perf_counter()
             train_step(step, sources[step.data], step_dir, registry, init_from=init, progress=progress)
             timings[step.name] = round(time.perf_counter() - started, 1)
@@ -226,7 +258,12 @@ def load_run(run_dir: Path) -> tuple[Recipe, Registry]:
         raise UsageError(f"{run_dir}: its recipe no longer validates (a plugin missing?):\n{exc}") from None
 
 
-def evaluate_run(run_dir: Path, recipe: Recipe | None = None, registry: Registry | None = None, sources: dict[str, ImageSource] | None = None) -> RunResult:
+def evaluate_run(
+    run_dir: Path,
+    recipe: Recipe | None = None,
+    registry: Registry | None = None,
+    sources: dict[str, ImageSource] | None = None,
+) -> RunResult:
     """Probe the run's backbone and the reference rows; write results and the model export."""
     if recipe is None or registry is None:
         recipe, registry = load_run(run_dir)
@@ -240,7 +277,10 @@ def evaluate_run(run_dir: Path, recipe: Recipe | None = None, registry: Registry
     if not step_is_done(step_dir):
         raise UsageError(f"{run_dir}: step {step.name!r} has not finished (resume the run first)")
     source = sources[settings.data]
-    splits = {"train": LabelledSplit(source, source.records(settings.train_split)), "test": LabelledSplit(source, source.records(settings.test_split))}
+    splits = {
+        "train": LabelledSplit(source, source.records(settings.train_split)),
+        "test": LabelledSplit(source, source.records(settings.test_split)),
+    }
     if "val" in source.splits and settings.train_split != "val" and settings.test_split != "val":
         splits["val"] = LabelledSplit(source, source.records("val"))
     labels = {name: split.labels for name, split in splits.items()}
@@ -260,7 +300,15 @@ def evaluate_run(run_dir: Path, recipe: Recipe | None = None, registry: Registry
     if "raw_pixels" in settings.baselines:
         models["raw_pixels"] = RAW_PIXELS
     per_split = {k: extract_features(models, s, size, channels, batch) for k, s in splits.items()}
-    feature_sets = {name: FeatureSet(name, per_split["train"][name], per_split["test"][name], per_split["val"][name] if "val" in per_split else None) for name in models}
+    feature_sets = {
+        name: FeatureSet(
+            name,
+            per_split["train"][name],
+            per_split["test"][name],
+            per_split["val"][name] if "val" in per_split else None,
+        )
+        for name in models
+    }
     for feature_set in feature_sets.values():
         rows += probe_rows(feature_set, labels, source.classes, settings)
     features = feature_sets[f"sslmed:{step.name}"]
@@ -269,17 +317,55 @@ def evaluate_run(run_dir: Path, recipe: Recipe | None = None, registry: Registry
     elif "supervised" in settings.baselines:
         log.info("evaluation: training the supervised reference")
         for fraction in settings.label_fractions:
-            proba = supervised_proba(build_backbone(), splits["train"], splits["test"], len(source.classes), size, channels, settings.supervised, settings.seed, fraction)
-            rows.append({"model": "supervised", "probe": "end-to-end", "label_fraction": fraction, "train_images": int(len(splits["train"].records) * fraction), **metrics(labels["test"], proba, source.classes), "test_predictions": predictions(labels["test"], proba)})
+            proba = supervised_proba(
+                build_backbone(),
+                splits["train"],
+                splits["test"],
+                len(source.classes),
+                size,
+                channels,
+                settings.supervised,
+                settings.seed,
+                fraction,
+            )
+            rows.append(
+                {
+                    "model": "supervised",
+                    "probe": "end-to-end",
+                    "label_fraction": fraction,
+                    "train_images": int(len(splits["train"].records) * fraction),
+                    **metrics(labels["test"], proba, source.classes),
+                    "test_predictions": predictions(labels["test"], proba),
+                }
+            )
 
     if "linear" in features.probes:
         extras = read_backbone_meta(step_dir).get("extras", {})
-        export_classifier(run_dir / "model", pretrained, features.probes["linear"], {
-            "extras": extras,
-            "recipe": recipe.name, "step": step.name, "backbone": step.backbone.spec(), "in_channels": channels,
-            "image_size": size, "classes": source.classes, "data": settings.data,
-            "metrics": {k: v for k, v in next(r for r in rows if r["model"] == features.model and r["probe"] == "linear" and r["label_fraction"] == 1.0).items() if k != "test_predictions"},
-        }, extra_tensors={name: load_tensors(step_dir / f"{name}.safetensors") for name in extras})
+        export_classifier(
+            run_dir / "model",
+            pretrained,
+            features.probes["linear"],
+            {
+                "extras": extras,
+                "recipe": recipe.name,
+                "step": step.name,
+                "backbone": step.backbone.spec(),
+                "in_channels": channels,
+                "image_size": size,
+                "classes": source.classes,
+                "data": settings.data,
+                "metrics": {
+                    k: v
+                    for k, v in next(
+                        r
+                        for r in rows
+                        if r["model"] == features.model and r["probe"] == "linear" and r["label_fraction"] == 1.0
+                    ).items()
+                    if k != "test_predictions"
+                },
+            },
+            extra_tensors={name: load_tensors(step_dir / f"{name}.safetensors") for name in extras},
+        )
     return write_results(run_dir, recipe, rows, source.classes)
 
 
@@ -289,8 +375,14 @@ def results_table(rows: list[dict[str, Any]], classes: list[str]) -> str:
     head = ["model", "probe", "labels", "accuracy", "bal. accuracy", "macro AUC"] + [f"{per} {c}" for c in classes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["model"], row["probe"], f"{row['label_fraction']:.0%}", f"{row['accuracy']:.3f}", f"{row['balanced_accuracy']:.3f}",
-                 "n/a" if np.isnan(row["macro_auc"]) else f"{row['macro_auc']:.3f}"] + [f"{row[per][c]:.3f}" for c in classes]
+        cells = [
+            row["model"],
+            row["probe"],
+            f"{row['label_fraction']:.0%}",
+            f"{row['accuracy']:.3f}",
+            f"{row['balanced_accuracy']:.3f}",
+            "n/a" if np.isnan(row["macro_auc"]) else f"{row['macro_auc']:.3f}",
+        ] + [f"{row[per][c]:.3f}" for c in classes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -299,7 +391,9 @@ def write_results(run_dir: Path, recipe: Recipe, rows: list[dict[str, Any]], cla
     """``results.json`` (everything), ``results.csv`` (flat) and ``results.md`` (the table)."""
     atomic_write_json(run_dir / "results.json", {"recipe": recipe.name, "classes": classes, "rows": rows})
     buffer = io.StringIO()
-    fields = ["model", "probe", "label_fraction", "train_images", "accuracy", "balanced_accuracy", "macro_auc"] + [f"recall_{c}" for c in classes]
+    fields = ["model", "probe", "label_fraction", "train_images", "accuracy", "balanced_accuracy", "macro_auc"] + [
+        f"recall_{c}" for c in classes
+    ]
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for row in rows:

@@ -9,7 +9,8 @@ reconstruct the un-erased image.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -69,7 +70,9 @@ class ViewPipeline:
         return {"views": erased, "clean": clean}
 
 
-def build_view_pipeline(specs: Sequence[dict[str, Any]], registry: Registry, image_size: int, in_channels: int) -> ViewPipeline:
+def build_view_pipeline(
+    specs: Sequence[dict[str, Any]], registry: Registry, image_size: int, in_channels: int
+) -> ViewPipeline:
     """Build the augmentations of a step (a validated recipe has exactly one ``views`` stage)."""
     image_ops, tensor_ops, make_views = [], [], None
     for spec in specs:

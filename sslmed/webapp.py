@@ -145,8 +145,18 @@ def model_card(predictor: Predictor) -> str:
         lines.append(f"- **Extra modules:** {', '.join(sorted(predictor.extras))}")
     metrics = meta.get("metrics") or {}
     if metrics:
-        lines += ["", "**Test metrics** (held-out split, as reported by the run):", "", "| metric | value |", "|---|---|"]
-        for key, name in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC")):
+        lines += [
+            "",
+            "**Test metrics** (held-out split, as reported by the run):",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
+        for key, name in (
+            ("accuracy", "accuracy"),
+            ("balanced_accuracy", "balanced accuracy"),
+            ("macro_auc", "macro AUC"),
+        ):
             if key in metrics:
                 lines.append(f"| {name} | {_format_value(metrics[key])} |")
         for label, value in (metrics.get("recall") or {}).items():
@@ -205,7 +215,9 @@ def build_demo(
     size = predictor.image_size
 
     # uploads and result images live in Gradio's cache; delete them after an hour
-    with gr.Blocks(title="sslmed: chest X-ray classification", analytics_enabled=False, delete_cache=CACHE_LIFETIME) as demo:
+    with gr.Blocks(
+        title="sslmed: chest X-ray classification", analytics_enabled=False, delete_cache=CACHE_LIFETIME
+    ) as demo:
         gr.Markdown(
             "# Chest X-ray classification (sslmed)\n"
             f"Upload or drop a radiograph ({FORMATS_TEXT}, up to {max_upload_mb:g} MB) or click an "
@@ -213,19 +225,45 @@ def build_demo(
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
-                upload = gr.File(label=f"X-ray image ({FORMATS_TEXT})", file_count="single", type="filepath", elem_id="upload")
+                upload = gr.File(
+                    label=f"X-ray image ({FORMATS_TEXT})", file_count="single", type="filepath", elem_id="upload"
+                )
                 classify = gr.Button("Classify", variant="primary", elem_id="classify")
                 example_slot = gr.Column()
             with gr.Column(scale=2):
-                label = gr.Label(num_top_classes=min(top_k, len(predictor.classes)), label="Class probabilities", elem_id="probabilities")
+                label = gr.Label(
+                    num_top_classes=min(top_k, len(predictor.classes)),
+                    label="Class probabilities",
+                    elem_id="probabilities",
+                )
                 with gr.Row():
-                    model_view = gr.Image(label=f"As the model sees it ({size}×{size} px)", type="pil", image_mode=None,
-                                          format="png", interactive=False, height=IMAGE_HEIGHT, elem_id="model-view")
-                    reconstruction = gr.Image(label="CRSM reconstruction (decoder output)", type="pil", image_mode=None,
-                                              format="png", interactive=False, height=IMAGE_HEIGHT, visible=service.decoder is not None,
-                                              elem_id="reconstruction")
-                    heatmap = gr.Image(label="Grad-CAM on the last backbone stage (top class)", type="pil",
-                                       format="png", interactive=False, height=IMAGE_HEIGHT, elem_id="gradcam")
+                    model_view = gr.Image(
+                        label=f"As the model sees it ({size}×{size} px)",
+                        type="pil",
+                        image_mode=None,
+                        format="png",
+                        interactive=False,
+                        height=IMAGE_HEIGHT,
+                        elem_id="model-view",
+                    )
+                    reconstruction = gr.Image(
+                        label="CRSM reconstruction (decoder output)",
+                        type="pil",
+                        image_mode=None,
+                        format="png",
+                        interactive=False,
+                        height=IMAGE_HEIGHT,
+                        visible=service.decoder is not None,
+                        elem_id="reconstruction",
+                    )
+                    heatmap = gr.Image(
+                        label="Grad-CAM on the last backbone stage (top class)",
+                        type="pil",
+                        format="png",
+                        interactive=False,
+                        height=IMAGE_HEIGHT,
+                        elem_id="gradcam",
+                    )
         with gr.Accordion("Model card", open=True):
             gr.Markdown(model_card(predictor), elem_id="model-card")
 
@@ -244,21 +282,47 @@ def build_demo(
 
         if examples:
             with example_slot:  # clicking an example classifies it at once
-                gr.Examples(examples=[[path] for path in examples], inputs=[upload], example_labels=captions,
-                            outputs=[label, model_view, heatmap, reconstruction], fn=analyse, run_on_click=True,
-                            cache_examples=False, label="Examples (real radiographs; the label in brackets is the data set's)")
+                gr.Examples(
+                    examples=[[path] for path in examples],
+                    inputs=[upload],
+                    example_labels=captions,
+                    outputs=[label, model_view, heatmap, reconstruction],
+                    fn=analyse,
+                    run_on_click=True,
+                    cache_examples=False,
+                    label="Examples (real radiographs; the label in brackets is the data set's)",
+                )
 
-        cleared = gr.on([classify.click, upload.upload], clear, inputs=None, outputs=[label, model_view, heatmap, reconstruction],
-                        queue=False, api_visibility="private", show_progress="hidden")
-        predicted = cleared.then(predict, inputs=[upload], outputs=[label], api_name="predict",
-                                 api_description="Class probabilities of one image file (PNG, JPEG, WebP, TIFF, DICOM).")
-        predicted.success(explain, inputs=[upload], outputs=[model_view, heatmap, reconstruction], api_name="explain",
-                          api_description="Model input, Grad-CAM overlay and (CRSM models) reconstruction of one image file.")
+        cleared = gr.on(
+            [classify.click, upload.upload],
+            clear,
+            inputs=None,
+            outputs=[label, model_view, heatmap, reconstruction],
+            queue=False,
+            api_visibility="private",
+            show_progress="hidden",
+        )
+        predicted = cleared.then(
+            predict,
+            inputs=[upload],
+            outputs=[label],
+            api_name="predict",
+            api_description="Class probabilities of one image file (PNG, JPEG, WebP, TIFF, DICOM).",
+        )
+        predicted.success(
+            explain,
+            inputs=[upload],
+            outputs=[model_view, heatmap, reconstruction],
+            api_name="explain",
+            api_description="Model input, Grad-CAM overlay and (CRSM models) reconstruction of one image file.",
+        )
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=queue_size)
     return demo
 
 
-def launch_options(examples_dir: str | Path | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> dict[str, Any]:
+def launch_options(
+    examples_dir: str | Path | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+) -> dict[str, Any]:
     """Keyword arguments for ``demo.launch`` that go with :func:`build_demo`.
 
     Only the examples folder is served besides uploads; Gradio itself refuses uploads
@@ -281,7 +345,10 @@ def default_examples_dir() -> Path | None:
     candidates = []
     if os.environ.get("SSLMED_DATA"):
         candidates.append(Path(os.environ["SSLMED_DATA"]) / "samples")
-    candidates += [Path.cwd().parent / "shared" / "data" / "samples", Path(__file__).resolve().parents[2] / "shared" / "data" / "samples"]
+    candidates += [
+        Path.cwd().parent / "shared" / "data" / "samples",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "samples",
+    ]
     return next((c for c in candidates if c.is_dir()), None)
 
 
@@ -309,7 +376,14 @@ def serve(
     predictor = model if isinstance(model, Predictor) else Predictor(model)
     if examples_dir is None:
         examples_dir = default_examples_dir()
-    demo = build_demo(predictor, examples_dir=examples_dir, max_upload_mb=max_upload_mb, concurrency_limit=concurrency_limit)
-    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=False,
-                **launch_options(examples_dir, max_upload_mb))
+    demo = build_demo(
+        predictor, examples_dir=examples_dir, max_upload_mb=max_upload_mb, concurrency_limit=concurrency_limit
+    )
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        quiet=False,
+        **launch_options(examples_dir, max_upload_mb),
+    )
     return demo

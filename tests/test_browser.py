@@ -14,28 +14,37 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from webapp_support import free_port, shared_model_export
 
 from sslmed.predict import Predictor
 from sslmed.webapp import build_demo, launch_options
-from webapp_support import free_port, shared_model_export
 
 CHROMIUM = os.environ.get("SSLMED_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = 90_000
 
 pytestmark = [
-    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"chromium not found at {CHROMIUM} (apt-get install -y chromium)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).is_file(), reason=f"chromium not found at {CHROMIUM} (apt-get install -y chromium)"
+    ),
     pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*"),
 ]
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed (pip install -e '.[dev]')")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="the playwright Python package is not installed (pip install -e '.[dev]')"
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,9 @@ def page_url(predictor: Predictor, data_dir: Path) -> Iterator[str]:
     samples = data_dir / "samples"
     demo = build_demo(predictor, examples_dir=samples)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(samples))
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(samples)
+    )
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -67,7 +78,9 @@ def browser() -> Iterator[object]:
             browser.close()
 
 
-def test_upload_shows_label_and_overlay(browser: object, page_url: str, predictor: Predictor, data_dir: Path, tmp_path: Path) -> None:
+def test_upload_shows_label_and_overlay(
+    browser: object, page_url: str, predictor: Predictor, data_dir: Path, tmp_path: Path
+) -> None:
     image = data_dir / "samples" / "darkcovidnet_00000211_013.png"
     expected = predictor.predict([image])[0]
     top = max(expected, key=expected.get)

@@ -20,11 +20,15 @@ from sslmed.plugins import get_registry
 
 DATA = Path(os.environ.get("SSLMED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 COVID3 = DATA / "covid3" / "images"
-pytestmark = pytest.mark.skipif(not COVID3.is_dir(), reason=f"real data not found at {DATA} (see ../shared/data/README.md)")
+pytestmark = pytest.mark.skipif(
+    not COVID3.is_dir(), reason=f"real data not found at {DATA} (see ../shared/data/README.md)"
+)
 
-OFFICIAL_HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,"
-                   "Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,"
-                   "Fracture,Support Devices")
+OFFICIAL_HEADER = (
+    "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,"
+    "Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,"
+    "Fracture,Support Devices"
+)
 CYCLE = ("1.0", "0.0", "-1.0", "")  # positive, negative, uncertain, not mentioned
 
 
@@ -38,7 +42,10 @@ def make_tree(root: Path, patients: int = 12, valid_patients: int = 3) -> Path:
     release = root / "CheXpert-v1.0-small"
     sources = sorted((COVID3 / "Pneumonia").glob("*.png"))
     n = 0
-    for table, split, first, count in (("train.csv", "train", 1, patients), ("valid.csv", "valid", 64541, valid_patients)):
+    for table, split, first, count in (
+        ("train.csv", "train", 1, patients),
+        ("valid.csv", "valid", 64541, valid_patients),
+    ):
         rows = []
         for p in range(first, first + count):
             for study in (1, 2):
@@ -52,8 +59,16 @@ def make_tree(root: Path, patients: int = 12, valid_patients: int = 3) -> Path:
                     values = [cell(p, study, view, f) for f in range(len(FINDINGS))]
                     if split == "valid":  # the official valid.csv has no uncertain or blank labels
                         values = ["1.0" if v == "1.0" else "0.0" for v in values]
-                    rows.append([rel, "Female" if p % 2 else "Male", str(40 + p), "Frontal" if kind == "frontal" else "Lateral",
-                                 "AP" if kind == "frontal" else "", *values])
+                    rows.append(
+                        [
+                            rel,
+                            "Female" if p % 2 else "Male",
+                            str(40 + p),
+                            "Frontal" if kind == "frontal" else "Lateral",
+                            "AP" if kind == "frontal" else "",
+                            *values,
+                        ]
+                    )
         release.mkdir(parents=True, exist_ok=True)
         with open(release / table, "w", newline="") as handle:
             handle.write(OFFICIAL_HEADER + "\n")
@@ -78,15 +93,21 @@ def test_the_header_is_the_official_one() -> None:
 @pytest.mark.parametrize("blank", ["negative", "ignore"])
 def test_policies_value_by_value(tree: Path, uncertainty: str, blank: str) -> None:
     findings = list(FINDINGS)
-    source = build_chexpert(ChexpertArgs(path=str(tree), findings=findings, uncertainty=uncertainty, blank=blank, frontal_only=False), data_root=tree)
+    source = build_chexpert(
+        ChexpertArgs(path=str(tree), findings=findings, uncertainty=uncertainty, blank=blank, frontal_only=False),
+        data_root=tree,
+    )
     assert source.task == "multilabel" and source.classes == findings
     rows = {r["Path"]: r for r in rows_of(tree / "CheXpert-v1.0-small" / "train.csv")}
-    expected_value = {"1.0": 1.0, "0.0": 0.0,
-                      "-1.0": {"ignore": math.nan, "zeros": 0.0, "ones": 1.0}[uncertainty],
-                      "": 0.0 if blank == "negative" else math.nan}
+    expected_value = {
+        "1.0": 1.0,
+        "0.0": 0.0,
+        "-1.0": {"ignore": math.nan, "zeros": 0.0, "ones": 1.0}[uncertainty],
+        "": 0.0 if blank == "negative" else math.nan,
+    }
     checked = 0
     for record in source.records("train"):
-        for finding, got in zip(findings, record.targets):
+        for finding, got in zip(findings, record.targets, strict=False):
             want = expected_value[rows[record.ref][finding]]
             assert (math.isnan(got) and math.isnan(want)) or got == want, (record.ref, finding, got, want)
             checked += 1
@@ -94,12 +115,17 @@ def test_policies_value_by_value(tree: Path, uncertainty: str, blank: str) -> No
 
 
 def test_per_finding_policies(tree: Path) -> None:
-    args = ChexpertArgs(path=str(tree), findings=["Atelectasis", "Edema", "Cardiomegaly"], uncertainty={"Atelectasis": "ones", "Edema": "zeros"}, frontal_only=False)
+    args = ChexpertArgs(
+        path=str(tree),
+        findings=["Atelectasis", "Edema", "Cardiomegaly"],
+        uncertainty={"Atelectasis": "ones", "Edema": "zeros"},
+        frontal_only=False,
+    )
     source = build_chexpert(args, data_root=tree)
     rows = {r["Path"]: r for r in rows_of(tree / "CheXpert-v1.0-small" / "train.csv")}
     seen = set()
     for record in source.records("train"):
-        for finding, got in zip(args.findings, record.targets):
+        for finding, got in zip(args.findings, record.targets, strict=False):
             raw = rows[record.ref][finding]
             if raw == "-1.0":
                 seen.add(finding)
@@ -133,7 +159,9 @@ def test_frontal_only_splits_and_patients(tree: Path) -> None:
 
 
 def test_patient_wise_val_split(tree: Path) -> None:
-    source = build_chexpert(ChexpertArgs(path=str(tree / "CheXpert-v1.0-small"), val_size=0.25, split_seed=1), data_root=tree)
+    source = build_chexpert(
+        ChexpertArgs(path=str(tree / "CheXpert-v1.0-small"), val_size=0.25, split_seed=1), data_root=tree
+    )
     assert set(source.splits) == {"train", "val", "test"}
     assert patients_in_several_splits(source.splits) == {}
     assert 3 <= len({r.patient_id for r in source.records("val")}) <= 4
@@ -150,7 +178,11 @@ def test_dataset_yields_target_vectors_with_nan(tree: Path) -> None:
     source = build_chexpert(ChexpertArgs(path=str(tree), uncertainty="ignore"), data_root=tree)
     dataset = ImageDataset(source, source.records("train"), lambda image: torch.zeros(1), mode="L")
     targets = torch.stack([dataset[i][1] for i in range(len(dataset))])
-    assert targets.shape == (24, 5) and torch.isnan(targets).any() and ((targets == 1) | (targets == 0) | torch.isnan(targets)).all()
+    assert (
+        targets.shape == (24, 5)
+        and torch.isnan(targets).any()
+        and ((targets == 1) | (targets == 0) | torch.isnan(targets)).all()
+    )
     summary = source.summary()["splits"]["train"]["per_finding"]["Atelectasis"]
     assert summary["positive"] + summary["negative"] + summary["unknown"] == 24
 
@@ -162,7 +194,9 @@ def test_bad_value_names_the_line(tree: Path) -> None:
     parts[5 + FINDINGS.index("Edema")] = "2.0"
     lines[3] = ",".join(parts)
     table.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"train\.csv: line 4: Edema is '2\.0'; CheXpert labels are 1\.0, 0\.0, -1\.0 or blank"):
+    with pytest.raises(
+        DataError, match=r"train\.csv: line 4: Edema is '2\.0'; CheXpert labels are 1\.0, 0\.0, -1\.0 or blank"
+    ):
         build_chexpert(ChexpertArgs(path=str(tree), findings=["Edema"]), data_root=tree)
 
 
@@ -225,7 +259,9 @@ def test_multilabel_probe_rows_on_separable_features() -> None:
     y_train = y[:80].copy()
     y_train[::7, 1] = np.nan  # unknown labels are left out of that finding's probe
     features = FeatureSet("m", x[:80], x[80:])
-    rows = probe_rows(features, {"train": y_train, "test": y[80:]}, ["A", "B", "C"], EvaluationSettings(data="d", knn_k=5))
+    rows = probe_rows(
+        features, {"train": y_train, "test": y[80:]}, ["A", "B", "C"], EvaluationSettings(data="d", knn_k=5)
+    )
     assert [r["probe"] for r in rows] == ["linear", "knn"]
     for row in rows:
         assert set(row["auc"]) == {"A", "B", "C"} and row["macro_auc"] > 0.95
@@ -262,7 +298,10 @@ evaluation:
     result = run_recipe(recipe, runs_dir=tmp_path / "runs", progress=False)
     assert result is not None
     assert "auc Cardiomegaly" in result.table and "auc Pleural Effusion" in result.table
-    assert {row["model"] for row in result.rows} == {"sslmed:pretrain", "random_init"}  # no supervised row for multi-label
+    assert {row["model"] for row in result.rows} == {
+        "sslmed:pretrain",
+        "random_init",
+    }  # no supervised row for multi-label
     for row in result.rows:
         assert set(row["auc"]) == {"Cardiomegaly", "Edema", "Pleural Effusion"}
     skipped = list(csv.DictReader(open(result.run_dir / "skipped" / "chexpert.csv")))

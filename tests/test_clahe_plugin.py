@@ -48,7 +48,9 @@ steps:
 """
 
 
-def write_recipe(tmp_path: Path, clahe_args: str = "clip_limit: 3.0, tile_grid: 4, p: 1.0", simclr_args: str = "min_scale: 0.3") -> Path:
+def write_recipe(
+    tmp_path: Path, clahe_args: str = "clip_limit: 3.0, tile_grid: 4, p: 1.0", simclr_args: str = "min_scale: 0.3"
+) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(RECIPE.format(clahe_args=clahe_args, simclr_args=simclr_args), encoding="utf-8")
     return path
@@ -68,13 +70,24 @@ def test_list_and_info_show_it():
     listing = CliRunner().invoke(cli, ["list", "augmentation"]).output
     assert re.search(r"^augmentation +clahe +CLAHE .*\[image\]  \(clahe\)$", listing, re.M), listing
     info = CliRunner().invoke(cli, ["info", "clahe"]).output
-    for line in ("metadata: stage=image", "clip_limit (float, default 2.0)", "tile_grid (int, default 8)", "p (float, default 1.0)"):
+    for line in (
+        "metadata: stage=image",
+        "clip_limit (float, default 2.0)",
+        "tile_grid (int, default 8)",
+        "p (float, default 1.0)",
+    ):
         assert line in info
 
 
 def test_blocked_by_the_environment_variable():
     env = {**os.environ, "SSLMED_DISABLE_PLUGINS": "clahe"}
-    out = subprocess.run([sys.executable, "-m", "sslmed.cli", "list", "augmentation"], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "sslmed.cli", "list", "augmentation"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "simclr" in out.stdout and "clahe" not in out.stdout
 
@@ -103,7 +116,9 @@ def problems(output: str) -> list[str]:
 
 
 def test_argument_errors_are_reported_like_the_builtins(tmp_path):
-    recipe = write_recipe(tmp_path, clahe_args="clip_limt: 3.0, tile_grid: 0, p: 2", simclr_args="min_scal: 0.3, hf_prob: 2")
+    recipe = write_recipe(
+        tmp_path, clahe_args="clip_limt: 3.0, tile_grid: 0, p: 2", simclr_args="min_scal: 0.3, hf_prob: 2"
+    )
     result = CliRunner().invoke(cli, ["validate", "--no-data", str(recipe)])
     assert result.exit_code == 2
     found = problems(result.output)

@@ -56,7 +56,12 @@ def test_validate_good_recipe(data_dir):
 
 def test_validate_bad_recipe_exits_2_with_every_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(Path("recipes/quickstart.yaml").read_text().replace("temperature: 0.2", "temprature: 0.2").replace("    epochs: 5\n", "    epochs: zero\n"))
+    bad.write_text(
+        Path("recipes/quickstart.yaml")
+        .read_text()
+        .replace("temperature: 0.2", "temprature: 0.2")
+        .replace("    epochs: 5\n", "    epochs: zero\n")
+    )
     result = invoke("validate", str(bad))
     assert result.exit_code == 2
     assert "3 problems in recipe" in result.output  # the typo in defaults reaches both steps
@@ -88,7 +93,15 @@ def test_set_override_with_bad_path_exits_2():
 
 @pytest.mark.slow
 def test_run_writes_the_run_folder(trained_run):
-    for name in ("recipe.yaml", "manifest.json", "results.md", "results.csv", "results.json", "model/model.json", "model/model.safetensors"):
+    for name in (
+        "recipe.yaml",
+        "manifest.json",
+        "results.md",
+        "results.csv",
+        "results.json",
+        "model/model.json",
+        "model/model.safetensors",
+    ):
         assert (trained_run / name).is_file(), name
     for step in ("corpus", "target"):
         assert (trained_run / "steps" / step / "backbone.safetensors").is_file()

@@ -22,10 +22,16 @@ REPO = Path(__file__).resolve().parents[1]
 @torch.no_grad()
 def test_decoder_output_has_the_input_shape(arch: str, small_input: bool, sizes: tuple[int, ...]):
     registry = get_registry()
-    for channels in ((1, 3) if arch == "resnet18" else (1,)):
+    for channels in (1, 3) if arch == "resnet18" else (1,):
         backbone = registry.build("backbone", {"name": arch, "small_input": small_input}, in_channels=channels).eval()
         for size in sizes:
-            decoder = registry.build("decoder", {"name": "resnet_decoder", "width": 64}, backbone=backbone, image_size=size, out_channels=channels).eval()
+            decoder = registry.build(
+                "decoder",
+                {"name": "resnet_decoder", "width": 64},
+                backbone=backbone,
+                image_size=size,
+                out_channels=channels,
+            ).eval()
             x = torch.randn(1, channels, size, size)
             assert decoder(backbone.forward_features(x)).shape == x.shape, (arch, small_input, size, channels)
 
@@ -40,20 +46,30 @@ def test_decoder_refuses_an_unsupported_backbone():
     with pytest.raises(UsageError, match="stride 12 is not a power of two"):
         get_registry().build("decoder", {"name": "resnet_decoder"}, backbone=Odd(), image_size=32, out_channels=1)
     with pytest.raises(UsageError, match="does not support backbone Linear"):
-        get_registry().build("decoder", {"name": "resnet_decoder"}, backbone=torch.nn.Linear(2, 2), image_size=32, out_channels=1)
+        get_registry().build(
+            "decoder", {"name": "resnet_decoder"}, backbone=torch.nn.Linear(2, 2), image_size=32, out_channels=1
+        )
 
 
 def test_crsm_losses_and_warmup():
     registry = get_registry()
     backbone = registry.build("backbone", {"name": "resnet18", "small_input": True}, in_channels=1)
-    method = registry.build("objective", {"name": "crsm", "warmup_steps": 10, "reconstruction_weight": 2.0},
-                            backbone=backbone, build=registry.build, image_size=16, in_channels=1)
+    method = registry.build(
+        "objective",
+        {"name": "crsm", "warmup_steps": 10, "reconstruction_weight": 2.0},
+        backbone=backbone,
+        build=registry.build,
+        image_size=16,
+        in_channels=1,
+    )
     assert isinstance(method, CRSMMethod)
     assert method.reconstruction_weight() == pytest.approx(0.2)  # step 0 of a 10-step warm-up
     views = [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]
     losses = method.compute_losses({"views": views, "clean": [v + 1 for v in views]})
     assert set(losses) == {"loss", "contrastive", "reconstruction"}
-    assert losses["loss"].item() == pytest.approx(losses["contrastive"].item() + 0.2 * losses["reconstruction"].item(), rel=1e-5)
+    assert losses["loss"].item() == pytest.approx(
+        losses["contrastive"].item() + 0.2 * losses["reconstruction"].item(), rel=1e-5
+    )
     assert method.compute_losses({"views": views})["reconstruction"] > 0  # no clean views: reconstruct the views
     exported = method.extra_exports()["decoder"]
     assert exported[0] is method.decoder
@@ -80,12 +96,20 @@ def test_crsm_multistep_trains_logs_exports_and_loads(data_dir: Path, tmp_path: 
 
     monkeypatch.setenv("SSLMED_DATA", str(data_dir))
     overrides = (
-        "defaults.image_size=16", "defaults.batch_size=32", "defaults.accelerator=cpu", "defaults.log_every_n_steps=1",
-        "defaults.checkpoint_every_n_steps=100", "defaults.objective.warmup_steps=0", "defaults.objective.decoder.width=64",
+        "defaults.image_size=16",
+        "defaults.batch_size=32",
+        "defaults.accelerator=cpu",
+        "defaults.log_every_n_steps=1",
+        "defaults.checkpoint_every_n_steps=100",
+        "defaults.objective.warmup_steps=0",
+        "defaults.objective.decoder.width=64",
         "defaults.optimizer.lr=0.003",
-        "steps.0.max_steps=8", "steps.1.max_steps=2",
+        "steps.0.max_steps=8",
+        "steps.1.max_steps=2",
         # a quick probe: fit on covid3's 113 validation images, score on its test split
-        "evaluation.probes=[linear]", "evaluation.baselines=[]", "evaluation.train_split=val",
+        "evaluation.probes=[linear]",
+        "evaluation.baselines=[]",
+        "evaluation.train_split=val",
     )
     result = run_recipe(REPO / "recipes" / "crsm_multistep.yaml", overrides, runs_dir=tmp_path / "runs", progress=False)
     corpus_dir = result.run_dir / "steps" / "corpus"
@@ -93,7 +117,9 @@ def test_crsm_multistep_trains_logs_exports_and_loads(data_dir: Path, tmp_path: 
     # both loss terms logged per step; the loss goes down on real images
     with open(corpus_dir / "logs" / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    loss, contrastive, reconstruction = (_column(rows, f"train/{n}_step") for n in ("loss", "contrastive", "reconstruction"))
+    loss, contrastive, reconstruction = (
+        _column(rows, f"train/{n}_step") for n in ("loss", "contrastive", "reconstruction")
+    )
     assert len(loss) == len(contrastive) == len(reconstruction) == 8
     assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3, loss
     assert sum(reconstruction[-3:]) / 3 < sum(reconstruction[:3]) / 3, reconstruction

@@ -18,7 +18,9 @@ from sslmed.plugins import extend_cli
 
 DATA = Path(os.environ.get("SSLMED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 COVID3 = DATA / "covid3"
-pytestmark = pytest.mark.skipif(not COVID3.is_dir(), reason=f"real data not found at {DATA} (see ../shared/data/README.md)")
+pytestmark = pytest.mark.skipif(
+    not COVID3.is_dir(), reason=f"real data not found at {DATA} (see ../shared/data/README.md)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,9 @@ def invoke(runner: CliRunner, *args: str):
     return runner.invoke(cli, list(args), catch_exceptions=False)
 
 
-def test_inspect_covid3_finds_the_real_structure(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inspect_covid3_finds_the_real_structure(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the repository root, as a user types it
     result = invoke(runner, "data", "inspect", "../shared/data/covid3", "--out", str(tmp_path / "out"), "--json")
     assert result.exit_code == 0, result.output
@@ -90,7 +94,9 @@ def test_inspect_reports_leaks_duplicates_and_unreadable_files(runner: CliRunner
 
 def test_split_writes_a_file_a_recipe_can_pin(runner: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "covid3_split.csv"
-    result = invoke(runner, "data", "split", str(COVID3), "--out", str(out), "--seed", "4", "--test-size", "0.25", "--val-size", "0")
+    result = invoke(
+        runner, "data", "split", str(COVID3), "--out", str(out), "--seed", "4", "--test-size", "0.25", "--val-size", "0"
+    )
     assert result.exit_code == 0, result.output
     assert "split_file:" in result.stdout
     rows = list(csv.DictReader(open(out)))
@@ -119,7 +125,9 @@ steps:
     counts = {r: sum(1 for row in rows if row["split"] == r) for r in ("train", "test")}
     assert f"train {counts['train']}, test {counts['test']}" in result.output
 
-    result = invoke(runner, "data", "inspect", "--recipe", str(recipe), "--data", "covid3", "--out", str(tmp_path / "r"), "--json")
+    result = invoke(
+        runner, "data", "inspect", "--recipe", str(recipe), "--data", "covid3", "--out", str(tmp_path / "r"), "--json"
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["split_origin"] == f"file {out}" and report["splits"]["test"]["images"] == counts["test"]

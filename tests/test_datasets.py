@@ -22,13 +22,22 @@ from sslmed.data import (
     write_run_data,
     write_split_file,
 )
-from sslmed.default_plugins.datasets import CsvArgs, ImageFolderArgs, MedMnistArgs, build_csv, build_image_folder, build_medmnist
+from sslmed.default_plugins.datasets import (
+    CsvArgs,
+    ImageFolderArgs,
+    MedMnistArgs,
+    build_csv,
+    build_image_folder,
+    build_medmnist,
+)
 from sslmed.errors import DataError
 from sslmed.plugins import get_registry
 
 DATA = Path(os.environ.get("SSLMED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 COVID3 = DATA / "covid3"
-pytestmark = pytest.mark.skipif(not COVID3.is_dir(), reason=f"real data not found at {DATA} (see ../shared/data/README.md)")
+pytestmark = pytest.mark.skipif(
+    not COVID3.is_dir(), reason=f"real data not found at {DATA} (see ../shared/data/README.md)"
+)
 
 NIH_PATIENT = r"(\d{8})_\d{3}"
 
@@ -81,7 +90,9 @@ def test_covid3_split_is_patient_wise_stratified_and_seeded(covid3) -> None:
 
 
 def test_image_folder_with_patient_pattern() -> None:
-    source = build_image_folder(ImageFolderArgs(path="covid3/images", patient_pattern=NIH_PATIENT, verify=False), data_root=DATA)
+    source = build_image_folder(
+        ImageFolderArgs(path="covid3/images", patient_pattern=NIH_PATIENT, verify=False), data_root=DATA
+    )
     everything = source.records("all")
     assert len(everything) == 1123 and source.classes == ["Covid-19", "No_findings", "Pneumonia"]
     nih = [r for r in everything if r.label > 0]
@@ -99,7 +110,9 @@ def test_split_records_on_a_patient_with_many_images() -> None:
 
 
 def test_pneumoniamnist_official_splits() -> None:
-    source = build_medmnist(MedMnistArgs(path="pneumoniamnist/pneumoniamnist.npz", classes=["normal", "pneumonia"]), data_root=DATA)
+    source = build_medmnist(
+        MedMnistArgs(path="pneumoniamnist/pneumoniamnist.npz", classes=["normal", "pneumonia"]), data_root=DATA
+    )
     assert {k: len(v) for k, v in source.splits.items()} == {"train": 4708, "val": 524, "test": 624}
     assert [sum(r.label == i for r in source.records("test")) for i in (0, 1)] == [234, 390]
     assert source.read(source.records("test")[0].ref, "L").size == (28, 28)
@@ -123,7 +136,10 @@ def test_split_file_pins_the_split(covid3, tmp_path: Path) -> None:
     path = write_split_file(covid3, tmp_path / "covid3.csv")
     rows = list(csv.DictReader(open(path)))
     assert len(rows) == 1123 and set(rows[0]) == {"path", "split", "label", "patient_id"}
-    pinned = build_csv(CsvArgs(path="covid3", patient_column="patient_id", split_seed=99, split_file=str(path), verify=False), data_root=DATA)
+    pinned = build_csv(
+        CsvArgs(path="covid3", patient_column="patient_id", split_seed=99, split_file=str(path), verify=False),
+        data_root=DATA,
+    )
     assert pinned.fingerprint() == covid3.fingerprint()
     assert pinned.split_origin.startswith("file ")
 
@@ -132,7 +148,10 @@ def test_split_file_that_does_not_match(tmp_path: Path) -> None:
     records = [ImageRecord(f"{i}.png", 0) for i in range(4)]
     path = tmp_path / "split.csv"
     path.write_text("path,split\n0.png,train\n1.png,test\n9.png,train\n")
-    with pytest.raises(DataError, match=r"does not match the data: 2 image\(s\) of the data are not in it .*lists 1 image\(s\) the data does not have"):
+    with pytest.raises(
+        DataError,
+        match=r"does not match the data: 2 image\(s\) of the data are not in it .*lists 1 image\(s\) the data does not have",
+    ):
         apply_split_file(records, path)
     path.write_text("file,split\n")
     with pytest.raises(DataError, match=r"not a split file: missing column\(s\) path"):
@@ -146,13 +165,21 @@ def test_run_folder_records_splits_and_skipped(tmp_path: Path) -> None:
     (folder / "images" / "Pneumonia" / "broken.png").write_bytes(b"")
     with open(folder / "labels.csv", "a") as handle:
         handle.write("Pneumonia/broken.png,Pneumonia,99999999\n")
-    source = build_csv(CsvArgs(path=str(folder), patient_column="patient_id", test_size=0.25, val_size=0, on_error="skip"), data_root=tmp_path)
+    source = build_csv(
+        CsvArgs(path=str(folder), patient_column="patient_id", test_size=0.25, val_size=0, on_error="skip"),
+        data_root=tmp_path,
+    )
     run = tmp_path / "run"
     write_run_data(run, {"small": source})
     assert (run / "splits" / "small.csv").read_text() == split_file_text(source)
     skipped = list(csv.DictReader(open(run / "skipped" / "small.csv")))
     assert skipped == [{"path": "Pneumonia/broken.png", "split": "all", "reason": "file is empty (0 bytes)"}]
-    again = build_csv(CsvArgs(path=str(folder), patient_column="patient_id", on_error="skip", split_file=str(run / "splits" / "small.csv")), data_root=tmp_path)
+    again = build_csv(
+        CsvArgs(
+            path=str(folder), patient_column="patient_id", on_error="skip", split_file=str(run / "splits" / "small.csv")
+        ),
+        data_root=tmp_path,
+    )
     assert again.fingerprint() == source.fingerprint()
 
 
@@ -177,21 +204,33 @@ def test_bad_images_stop_before_training_naming_each(tmp_path: Path) -> None:
     assert "notes.png: is a text file, not an image" in message
     assert "gone.png: file not found" in message
     source = build_csv(CsvArgs(path=str(folder), on_error="skip", test_size=0, val_size=0), data_root=tmp_path)
-    assert sorted(s.ref.split("/")[-1] for s in source.skipped) == ["empty.png", "gone.png", "notes.png", "truncated.png"]
+    assert sorted(s.ref.split("/")[-1] for s in source.skipped) == [
+        "empty.png",
+        "gone.png",
+        "notes.png",
+        "truncated.png",
+    ]
     assert len(source.records("train")) == 8
-    quick = build_csv(CsvArgs(path=str(folder), on_error="skip", verify=False, test_size=0, val_size=0), data_root=tmp_path)
+    quick = build_csv(
+        CsvArgs(path=str(folder), on_error="skip", verify=False, test_size=0, val_size=0), data_root=tmp_path
+    )
     assert [s.ref for s in quick.skipped] == ["Pneumonia/gone.png"]  # without decoding only missing files show
 
 
 def test_csv_missing_column(tmp_path: Path) -> None:
     folder = small_tree(tmp_path)
-    with pytest.raises(DataError, match=r"labels\.csv: missing column\(s\) 'subject' \(columns: path, label, patient_id\)"):
+    with pytest.raises(
+        DataError, match=r"labels\.csv: missing column\(s\) 'subject' \(columns: path, label, patient_id\)"
+    ):
         build_csv(CsvArgs(path=str(folder), patient_column="subject"), data_root=tmp_path)
 
 
 def test_label_not_in_class_list(tmp_path: Path) -> None:
     folder = small_tree(tmp_path)
-    with pytest.raises(DataError, match=r"labels\.csv: 4 label\(s\) not in the class list \['No_findings', 'Covid-19'\]: line 6: 'Pneumonia'"):
+    with pytest.raises(
+        DataError,
+        match=r"labels\.csv: 4 label\(s\) not in the class list \['No_findings', 'Covid-19'\]: line 6: 'Pneumonia'",
+    ):
         build_csv(CsvArgs(path=str(folder), classes=["No_findings", "Covid-19"]), data_root=tmp_path)
     with open(folder / "labels.csv", "a") as handle:
         handle.write("Pneumonia/x.png,,\n")
@@ -204,8 +243,12 @@ def test_missing_paths(tmp_path: Path) -> None:
         build_csv(CsvArgs(path="nowhere"), data_root=tmp_path)
     with pytest.raises(DataError, match=r"image folder not found"):
         build_image_folder(ImageFolderArgs(path="nowhere"), data_root=tmp_path)
-    with pytest.raises(DataError, match=r"no sub-folder for class\(es\) Edema \(found: Covid-19, No_findings, Pneumonia\)"):
-        build_image_folder(ImageFolderArgs(path=str(COVID3 / "images"), classes=["Pneumonia", "Edema"]), data_root=tmp_path)
+    with pytest.raises(
+        DataError, match=r"no sub-folder for class\(es\) Edema \(found: Covid-19, No_findings, Pneumonia\)"
+    ):
+        build_image_folder(
+            ImageFolderArgs(path=str(COVID3 / "images"), classes=["Pneumonia", "Edema"]), data_root=tmp_path
+        )
     folder = small_tree(tmp_path)
     (folder / "labels.csv").unlink()
     with pytest.raises(DataError, match=r"CSV file not found: .*labels\.csv"):

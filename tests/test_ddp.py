@@ -33,7 +33,7 @@ def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         share = GLOBAL_BATCH // world_size
-        views = [v[rank * share:(rank + 1) * share] for v in _batch()]
+        views = [v[rank * share : (rank + 1) * share] for v in _batch()]
         loss = _method().compute_losses({"views": views})["loss"]
         torch.save(loss.detach(), os.path.join(out_dir, f"loss{rank}.pt"))
     finally:
@@ -48,15 +48,28 @@ def test_gathered_loss_equals_single_process_loss_on_the_same_global_batch(tmp_p
     per_process = [torch.load(tmp_path / f"loss{rank}.pt", weights_only=True) for rank in range(2)]
     assert torch.allclose(torch.stack(per_process).mean(), single, atol=1e-5), (per_process, single)
     # without gathering the processes would miss half of the negatives: the loss differs
-    assert not torch.allclose(per_process[0], single, atol=1e-3) or not torch.allclose(per_process[1], single, atol=1e-3)
+    assert not torch.allclose(per_process[0], single, atol=1e-3) or not torch.allclose(
+        per_process[1], single, atol=1e-3
+    )
 
 
 @pytest.mark.slow
 def test_two_process_ddp_run_trains_and_evaluates(tiny_recipe, tmp_path):
     recipe = tiny_recipe(steps=3)
     sslmed = Path(sys.executable).with_name("sslmed")
-    command = [str(sslmed), "run", str(recipe), "--runs-dir", str(tmp_path / "runs"),
-               "--set", "defaults.devices=2", "--set", "defaults.strategy=ddp", "--set", "defaults.batch_size=8"]
+    command = [
+        str(sslmed),
+        "run",
+        str(recipe),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--set",
+        "defaults.devices=2",
+        "--set",
+        "defaults.strategy=ddp",
+        "--set",
+        "defaults.batch_size=8",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = next((tmp_path / "runs" / "tiny").iterdir())

@@ -19,15 +19,18 @@ from sslmed.imaging import apply_window, check_image, load_image
 
 DATA = Path(os.environ.get("SSLMED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 COVID3 = DATA / "covid3" / "images"
-pytestmark = pytest.mark.skipif(not COVID3.is_dir(), reason=f"real data not found at {DATA} (see ../shared/data/README.md)")
+pytestmark = pytest.mark.skipif(
+    not COVID3.is_dir(), reason=f"real data not found at {DATA} (see ../shared/data/README.md)"
+)
 
 
 def real_grey(name: str = "No_findings/00001281_000.png") -> np.ndarray:
     return np.asarray(Image.open(COVID3 / name).convert("L"))
 
 
-def write_dicom(path: Path, pixels: np.ndarray | None, *, bits_stored: int = 8, photometric: str = "MONOCHROME2",
-                **elements: object) -> Path:
+def write_dicom(
+    path: Path, pixels: np.ndarray | None, *, bits_stored: int = 8, photometric: str = "MONOCHROME2", **elements: object
+) -> Path:
     """A minimal valid DICOM file (explicit VR little endian) holding ``pixels``."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -65,7 +68,7 @@ def test_8_bit_monochrome2_round_trips(tmp_path: Path) -> None:
 
 def test_12_bit_in_16_bit_words_becomes_8_bit(tmp_path: Path) -> None:
     grey = real_grey()
-    twelve = (grey.astype(np.uint16) * 16 + 7)  # 12-bit values, 0..4087
+    twelve = grey.astype(np.uint16) * 16 + 7  # 12-bit values, 0..4087
     path = write_dicom(tmp_path / "twelve.dcm", twelve, bits_stored=12)
     loaded = np.asarray(load_image(path))
     expected = np.round((grey.astype(float) - grey.min()) / (grey.max() - grey.min()) * 255)
@@ -84,15 +87,24 @@ def test_16_bit_full_range(tmp_path: Path) -> None:
 def test_monochrome1_is_inverted(tmp_path: Path) -> None:
     grey = real_grey()
     normal = np.asarray(load_image(write_dicom(tmp_path / "m2.dcm", grey)))
-    inverted = np.asarray(load_image(write_dicom(tmp_path / "m1.dcm", (255 - grey).astype(np.uint8), photometric="MONOCHROME1")))
+    inverted = np.asarray(
+        load_image(write_dicom(tmp_path / "m1.dcm", (255 - grey).astype(np.uint8), photometric="MONOCHROME1"))
+    )
     assert np.array_equal(inverted, normal)  # MONOCHROME1 of the negative shows the same picture
 
 
 def test_rescale_slope_intercept_and_window(tmp_path: Path) -> None:
     grey = real_grey()
     stored = grey.astype(np.uint16) * 8  # modality value = stored * 0.5 - 1024
-    path = write_dicom(tmp_path / "window.dcm", stored, bits_stored=12, RescaleSlope="0.5", RescaleIntercept="-1024",
-                       WindowCenter="-700", WindowWidth="400")
+    path = write_dicom(
+        tmp_path / "window.dcm",
+        stored,
+        bits_stored=12,
+        RescaleSlope="0.5",
+        RescaleIntercept="-1024",
+        WindowCenter="-700",
+        WindowWidth="400",
+    )
     values = stored.astype(float) * 0.5 - 1024
     lower, upper = -700 - 0.5 - 399 / 2, -700 - 0.5 + 399 / 2
     expected = np.clip((values - (-700 - 0.5)) / 399 + 0.5, 0, 1) * 255
@@ -129,7 +141,9 @@ def test_dicom_detected_by_content_whatever_the_name(tmp_path: Path) -> None:
 def test_text_named_dcm(tmp_path: Path) -> None:
     path = tmp_path / "notes.dcm"
     path.write_text("not a dicom file at all\n")
-    with pytest.raises(ImageLoadError, match=r"notes\.dcm: .*(not a DICOM file|not a readable DICOM file|no pixel data)"):
+    with pytest.raises(
+        ImageLoadError, match=r"notes\.dcm: .*(not a DICOM file|not a readable DICOM file|no pixel data)"
+    ):
         load_image(path)
 
 
@@ -155,7 +169,9 @@ def test_csv_dataset_lists_dicom_files(tmp_path: Path) -> None:
         write_dicom(folder / "images" / f"{i}.dcm", pixels, bits_stored=bits, photometric="MONOCHROME2")
         rows.append(f"{i}.dcm,{'a' if i < 3 else 'b'},p{i}")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    source = build_csv(CsvArgs(path=str(folder), patient_column="patient_id", test_size=0, val_size=0), data_root=tmp_path)
+    source = build_csv(
+        CsvArgs(path=str(folder), patient_column="patient_id", test_size=0, val_size=0), data_root=tmp_path
+    )
     assert len(source.records("train")) == 6
     assert source.read("1.dcm", "L").size == (256, 256)
     write_dicom(folder / "images" / "0.dcm", None)  # now one has no pixels
@@ -172,9 +188,15 @@ def test_pydicom_can_read_what_we_write(tmp_path: Path) -> None:
 
 def test_signed_16_bit_with_intercept(tmp_path: Path) -> None:
     grey = real_grey()
-    signed = (grey.astype(np.int16) * 8 - 1000)  # CT-like signed values
-    path = write_dicom(tmp_path / "signed.dcm", signed.astype(np.int16).view(np.uint16), bits_stored=16,
-                       PixelRepresentation=1, RescaleSlope="1", RescaleIntercept="-24")
+    signed = grey.astype(np.int16) * 8 - 1000  # CT-like signed values
+    path = write_dicom(
+        tmp_path / "signed.dcm",
+        signed.astype(np.int16).view(np.uint16),
+        bits_stored=16,
+        PixelRepresentation=1,
+        RescaleSlope="1",
+        RescaleIntercept="-24",
+    )
     loaded = np.asarray(load_image(path))
     assert np.corrcoef(loaded.ravel(), grey.ravel())[0, 1] > 0.9999 and loaded.min() == 0 and loaded.max() == 255
 
@@ -212,5 +234,7 @@ def test_undecodable_compressed_pixel_data(tmp_path: Path) -> None:
     ds.PixelData = encapsulate([b"\x00" * 64])  # not a real JPEG 2000 stream
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
-    with pytest.raises(ImageLoadError, match=r"j2k\.dcm: DICOM pixel data cannot be decoded \(transfer syntax JPEG 2000"):
+    with pytest.raises(
+        ImageLoadError, match=r"j2k\.dcm: DICOM pixel data cannot be decoded \(transfer syntax JPEG 2000"
+    ):
         load_image(path)

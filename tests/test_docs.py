@@ -104,10 +104,22 @@ def parse_page(path: Path) -> Page:
             language = info.split()[0].lstrip(".{").rstrip("}") if info else ""
             title = re.search(r'title="([^"]+)"', info)
             body, index = [], index + 1
-            while index < len(lines) and not re.match(rf"^{re.escape(indent)}{fence[0]}{{{len(fence)},}}\s*$", lines[index]):
-                body.append(lines[index][len(indent):] if lines[index].startswith(indent) else lines[index].lstrip())
+            while index < len(lines) and not re.match(
+                rf"^{re.escape(indent)}{fence[0]}{{{len(fence)},}}\s*$", lines[index]
+            ):
+                body.append(lines[index][len(indent) :] if lines[index].startswith(indent) else lines[index].lstrip())
                 index += 1
-            page.blocks.append(Block(rel, index - len(body), language, title[1] if title else None, "\n".join(body) + "\n", pending_skip, pending_output))
+            page.blocks.append(
+                Block(
+                    rel,
+                    index - len(body),
+                    language,
+                    title[1] if title else None,
+                    "\n".join(body) + "\n",
+                    pending_skip,
+                    pending_output,
+                )
+            )
             pending_skip, pending_output = None, False
         elif line.strip() and not line.strip().startswith("<!--"):
             pending_skip, pending_output = None, False
@@ -154,7 +166,9 @@ def make_small_data(real: Path, dest: Path) -> None:
             fields, rows = reader.fieldnames, list(reader)
         kept, counts, seen = [], {}, set()
         patient = "patient_id" if "patient_id" in (fields or []) else None
-        first = [r for r in rows if not patient or not r[patient] or (r[patient] not in seen and not seen.add(r[patient]))]
+        first = [
+            r for r in rows if not patient or not r[patient] or (r[patient] not in seen and not seen.add(r[patient]))
+        ]
         others = [r for r in rows if r not in first]
         for row in first + others:  # distinct patients first, so that splits have groups to share out
             if counts.get(row["label"], 0) < PER_CLASS:
@@ -196,20 +210,38 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
         (work / name).symlink_to(REPO / name)
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "SSLMED_DATA": str(data), "PYTHONUNBUFFERED": "1", "NO_MKDOCS_2_WARNING": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "SSLMED_DATA": str(data),
+        "PYTHONUNBUFFERED": "1",
+        "NO_MKDOCS_2_WARNING": "1",
+    }
     env.pop("SSLMED_RUN_DIR", None)
     server = start_fork_server(root / "fork.sock", env) if os.environ.get("SSLMED_DOCS_FORK", "1") != "0" else None
     wrapper = bin_dir / "sslmed"
     if server is not None:
-        wrapper.write_text(f"#!{sys.executable} -S\n" + CLIENT.replace("SOCKET", repr(str(root / "fork.sock"))).replace("KIND", "'sslmed'"))
+        wrapper.write_text(
+            f"#!{sys.executable} -S\n"
+            + CLIENT.replace("SOCKET", repr(str(root / "fork.sock"))).replace("KIND", "'sslmed'")
+        )
         python_client = bin_dir / "docs-python"
-        python_client.write_text(f"#!{sys.executable} -S\n" + CLIENT.replace("SOCKET", repr(str(root / "fork.sock"))).replace("KIND", "'python'"))
+        python_client.write_text(
+            f"#!{sys.executable} -S\n"
+            + CLIENT.replace("SOCKET", repr(str(root / "fork.sock"))).replace("KIND", "'python'")
+        )
         python_client.chmod(0o755)
     else:
-        wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(__file__)} --cheap-sslmed \"$@\"\n")
+        wrapper.write_text(
+            f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(__file__)} --cheap-sslmed "$@"\n'
+        )
     wrapper.chmod(0o755)
-    yield {"dir": work, "env": env, "setup_done": set(), "python": str(bin_dir / "docs-python") if server else sys.executable}
+    yield {
+        "dir": work,
+        "env": env,
+        "setup_done": set(),
+        "python": str(bin_dir / "docs-python") if server else sys.executable,
+    }
     stop_servers(work)
     if server is not None:
         import signal
@@ -238,12 +270,16 @@ def run_block(block: Block, work: dict) -> str:
         script.write_text(block.code, encoding="utf-8")
         command = [work["python"], str(script)]
     try:
-        out = subprocess.run(command, cwd=work["dir"], env=work["env"], capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
+        out = subprocess.run(
+            command, cwd=work["dir"], env=work["env"], capture_output=True, text=True, timeout=BLOCK_TIMEOUT
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"{where}: the {block.language} block ran over {BLOCK_TIMEOUT} s:\n{block.code}")
     if out.returncode != 0:
-        pytest.fail(f"{where}: the {block.language} block failed (exit {out.returncode}):\n{block.code}\n"
-                    f"--- stdout\n{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-3000:]}")
+        pytest.fail(
+            f"{where}: the {block.language} block failed (exit {out.returncode}):\n{block.code}\n"
+            f"--- stdout\n{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-3000:]}"
+        )
     return out.stdout + out.stderr
 
 
@@ -256,14 +292,18 @@ def check_output(block: Block, output: str | None) -> None:
             continue
         pattern = ".*".join(re.escape(part) for part in line.strip().split("..."))
         if not re.search(pattern, output):
-            pytest.fail(f"{where}: the page shows output that the command no longer prints:\n  {line.strip()}\n--- actual output\n{output[-3000:]}")
+            pytest.fail(
+                f"{where}: the page shows output that the command no longer prints:\n  {line.strip()}\n--- actual output\n{output[-3000:]}"
+            )
 
 
 def check_excerpt(block: Block) -> None:
     real = (REPO / block.title).read_text(encoding="utf-8")
     if block.code.strip("\n") not in real:
-        pytest.fail(f"docs/{block.page}:{block.line}: the block titled {block.title!r} is not a verbatim excerpt of that file; "
-                    "copy the current text of the file into the page")
+        pytest.fail(
+            f"docs/{block.page}:{block.line}: the block titled {block.title!r} is not a verbatim excerpt of that file; "
+            "copy the current text of the file into the page"
+        )
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -291,8 +331,12 @@ def test_page_code_runs(name: str, workdir: dict) -> None:
 
 def test_runnable_blocks_have_a_known_language():
     """A shell block must say ``bash`` (not sh/shell/console) so that it is run or skipped on purpose."""
-    wrong = [f"docs/{b.page}:{b.line} ({b.language})" for p in PAGES for b in parse_page(DOCS / p).blocks
-             if b.language in {"sh", "shell", "console", "zsh", "py", "python3"}]
+    wrong = [
+        f"docs/{b.page}:{b.line} ({b.language})"
+        for p in PAGES
+        for b in parse_page(DOCS / p).blocks
+        if b.language in {"sh", "shell", "console", "zsh", "py", "python3"}
+    ]
     assert not wrong, "use ```bash or ```python: " + ", ".join(wrong)
 
 
@@ -302,22 +346,32 @@ def test_runnable_blocks_have_a_known_language():
 def hookspecs() -> dict[str, inspect.Signature]:
     from sslmed import hookspecs as module
 
-    return {name: inspect.signature(fn) for name, fn in vars(module).items()
-            if inspect.isfunction(fn) and hasattr(fn, "sslmed_spec")}
+    return {
+        name: inspect.signature(fn)
+        for name, fn in vars(module).items()
+        if inspect.isfunction(fn) and hasattr(fn, "sslmed_spec")
+    }
 
 
 def documented_hooks() -> dict[str, str]:
     """``name -> "name(arg, ...)"`` from the headings of docs/reference/hooks.md."""
     text = (DOCS / "reference" / "hooks.md").read_text(encoding="utf-8")
-    return {m["name"]: m["signature"] for m in re.finditer(r"^## (?P<signature>(?P<name>\w+)\([^)]*\)) \{#\w+\}$", text, re.M)}
+    return {
+        m["name"]: m["signature"]
+        for m in re.finditer(r"^## (?P<signature>(?P<name>\w+)\([^)]*\)) \{#\w+\}$", text, re.M)
+    }
 
 
 @pytest.mark.parametrize("hook", sorted(hookspecs()))
 def test_every_hook_is_documented_with_its_signature(hook: str):
     documented = documented_hooks()
     expected = f"{hook}({', '.join(hookspecs()[hook].parameters)})"
-    assert hook in documented, f"hook {hook} is not documented in docs/reference/hooks.md (add a heading '## {expected} {{#{hook}}}')"
-    assert documented[hook] == expected, f"docs/reference/hooks.md documents {documented[hook]}, but the hook is now {expected}"
+    assert hook in documented, (
+        f"hook {hook} is not documented in docs/reference/hooks.md (add a heading '## {expected} {{#{hook}}}')"
+    )
+    assert documented[hook] == expected, (
+        f"docs/reference/hooks.md documents {documented[hook]}, but the hook is now {expected}"
+    )
     assert f"<!-- sslmed:hookspec {hook} -->" in (DOCS / "reference" / "hooks.md").read_text(encoding="utf-8")
 
 
@@ -353,11 +407,19 @@ def test_generated_reference_covers_the_code():
 
 def test_site_builds_strict(tmp_path):
     """``mkdocs build --strict``: a broken page, link or anchor fails."""
-    out = subprocess.run([str(Path(sys.executable).parent / "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                         cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert out.returncode == 0, out.stderr[-5000:]
     assert (tmp_path / "site" / "reference" / "recipe.schema.json").is_file()
-    assert "register_augmentations" in (tmp_path / "site" / "reference" / "hooks" / "index.html").read_text(encoding="utf-8")
+    assert "register_augmentations" in (tmp_path / "site" / "reference" / "hooks" / "index.html").read_text(
+        encoding="utf-8"
+    )
 
 
 # ------------------------------------------------- the cheap `sslmed` of the docs
@@ -368,7 +430,7 @@ def cheap_arguments(args: list[str]) -> list[str]:
     if "run" not in args:
         return args
     position = args.index("run")
-    rest, recipe, overrides, index = args[position + 1:], None, [], 0
+    rest, recipe, overrides, index = args[position + 1 :], None, [], 0
     while index < len(rest):
         if rest[index] == "--set" and index + 1 < len(rest):
             overrides.append(rest[index + 1])
@@ -387,13 +449,18 @@ def cheap_arguments(args: list[str]) -> list[str]:
     data, _lines = load_raw(recipe, overrides)
     extra = []
     for index, _step in enumerate(data.get("steps") or []):
-        extra += [f"steps.{index}.max_steps=2", f"steps.{index}.batch_size=16", f"steps.{index}.epochs=1",
-                  f"steps.{index}.num_workers=0", f"steps.{index}.image_size=16"]
+        extra += [
+            f"steps.{index}.max_steps=2",
+            f"steps.{index}.batch_size=16",
+            f"steps.{index}.epochs=1",
+            f"steps.{index}.num_workers=0",
+            f"steps.{index}.image_size=16",
+        ]
     if data.get("evaluation"):
         extra += ["evaluation.supervised.max_steps=2", "evaluation.supervised.epochs=1"]
     chosen = {override.split("=", 1)[0].strip() for override in overrides}
     extra = [item for item in extra if item.split("=", 1)[0] not in chosen]  # what the page sets, stays
-    return args + [item for pair in zip(["--set"] * len(extra), extra) for item in pair]
+    return args + [item for pair in zip(["--set"] * len(extra), extra, strict=False) for item in pair]
 
 
 # ------------------------------------------------------------------ the fork server
@@ -420,8 +487,13 @@ sys.exit(int(status) if status.strip() else 1)
 
 
 def start_fork_server(path: Path, env: dict) -> subprocess.Popen | None:
-    server = subprocess.Popen([sys.executable, __file__, "--fork-server", str(path)], env=env, stdout=subprocess.PIPE,
-                              text=True, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--fork-server", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     if server.stdout.readline().strip() != "ready":
         server.kill()
         return None
@@ -491,7 +563,7 @@ def fork_server(path: str) -> None:
     while True:
         try:
             connection, _ = listener.accept()
-        except socket.timeout:
+        except TimeoutError:
             if os.getppid() != parent:  # the test run is gone: so is the server
                 os._exit(0)
             continue

@@ -88,8 +88,8 @@ def test_deterministic_with_seed(real_views: torch.Tensor):
     first = [mdre(p=0.7, fill="noise", seed=11)(v) for v in real_views]
     second = [mdre(p=0.7, fill="noise", seed=11)(v) for v in real_views]
     other = [mdre(p=0.7, fill="noise", seed=12)(v) for v in real_views]
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
-    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=False))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=False))
 
 
 @pytest.mark.parametrize("fill", ["zero", "mean", "noise"])
@@ -139,6 +139,6 @@ def test_composes_with_simclr_views_and_keeps_clean(data_dir: Path):
     image = load_image(next((data_dir / "covid3" / "images").rglob("*.png")), mode="L")
     out = pipeline(image)
     assert len(out["views"]) == len(out["clean"]) == 2
-    for erased, clean in zip(out["views"], out["clean"]):
+    for erased, clean in zip(out["views"], out["clean"], strict=False):
         assert erased.shape == clean.shape == (1, 32, 32)
         assert not torch.equal(erased, clean)

@@ -20,7 +20,9 @@ DATA = Path(os.environ.get("SSLMED_DATA", Path(__file__).resolve().parents[1].pa
 SAMPLES = DATA / "samples"
 COVID3 = DATA / "covid3" / "images"
 
-needs_data = pytest.mark.skipif(not SAMPLES.is_dir() or not COVID3.is_dir(), reason=f"real data not found at {DATA} (see ../shared/data/README.md)")
+needs_data = pytest.mark.skipif(
+    not SAMPLES.is_dir() or not COVID3.is_dir(), reason=f"real data not found at {DATA} (see ../shared/data/README.md)"
+)
 
 
 def real_grey() -> np.ndarray:
@@ -32,7 +34,12 @@ def real_grey() -> np.ndarray:
 
 
 @needs_data
-@pytest.mark.parametrize("name", sorted(p.name for p in SAMPLES.glob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"}) if SAMPLES.is_dir() else [])
+@pytest.mark.parametrize(
+    "name",
+    sorted(p.name for p in SAMPLES.glob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    if SAMPLES.is_dir()
+    else [],
+)
 def test_every_sample_loads_as_8_bit_grey_and_rgb(name: str) -> None:
     grey = load_image(SAMPLES / name, mode="L")
     rgb = load_image(SAMPLES / name, mode="RGB")
@@ -90,7 +97,7 @@ def test_palette_and_la_images(tmp_path: Path) -> None:
 @needs_data
 def test_16_bit_png_is_scaled_to_8_bit(tmp_path: Path) -> None:
     grey = real_grey()
-    sixteen = (grey.astype(np.uint16) * 257)  # 0..65535, same picture
+    sixteen = grey.astype(np.uint16) * 257  # 0..65535, same picture
     Image.fromarray(sixteen).save(tmp_path / "sixteen.png")
     info = check_image(tmp_path / "sixteen.png")
     assert info.bits == 16
@@ -103,11 +110,13 @@ def test_16_bit_png_is_scaled_to_8_bit(tmp_path: Path) -> None:
 @needs_data
 def test_12_bit_values_in_16_bit_tiff_and_float_tiff(tmp_path: Path) -> None:
     grey = real_grey()
-    Image.fromarray((grey.astype(np.uint16) * 16)).save(tmp_path / "twelve.tif")
+    Image.fromarray(grey.astype(np.uint16) * 16).save(tmp_path / "twelve.tif")
     Image.fromarray(grey.astype(np.float32) / 255.0).save(tmp_path / "float.tif")
     for name in ("twelve.tif", "float.tif"):
         loaded = np.asarray(load_image(tmp_path / name))
-        assert loaded.dtype == np.uint8 and loaded.max() == 255 and np.corrcoef(loaded.ravel(), grey.ravel())[0, 1] > 0.999
+        assert (
+            loaded.dtype == np.uint8 and loaded.max() == 255 and np.corrcoef(loaded.ravel(), grey.ravel())[0, 1] > 0.999
+        )
 
 
 @needs_data
@@ -136,7 +145,11 @@ def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_refused_with_a_clear_message(tmp_path: Path) -> None:
@@ -169,7 +182,9 @@ def test_zero_byte_file(tmp_path: Path) -> None:
 def test_text_file_named_png(tmp_path: Path) -> None:
     path = tmp_path / "notes.png"
     path.write_text("these are my notes, not an image\n")
-    with pytest.raises(ImageLoadError, match=r"notes\.png: is a text file, not an image \(it starts with 'these are my notes"):
+    with pytest.raises(
+        ImageLoadError, match=r"notes\.png: is a text file, not an image \(it starts with 'these are my notes"
+    ):
         load_image(path)
 
 

@@ -22,10 +22,12 @@ class RecordingSimCLR(SimCLRMethod):
     """SimCLR that records its starting weights and step, and can fail on purpose."""
 
     def on_train_start(self):
-        SEEN.append({
-            "state": {k: v.detach().clone() for k, v in self.backbone.state_dict().items()},
-            "global_step": self.trainer.global_step,
-        })
+        SEEN.append(
+            {
+                "state": {k: v.detach().clone() for k, v in self.backbone.state_dict().items()},
+                "global_step": self.trainer.global_step,
+            }
+        )
 
     def training_step(self, batch, index):
         if self.global_step == FAIL_AT_STEP["step"] and len(SEEN) == FAIL_AT_STEP["fit"]:
@@ -101,7 +103,9 @@ def test_backbone_from_another_model_is_refused(tmp_path):
 
     save_backbone(tmp_path, ResNetBackbone("resnet34"), {"backbone": {"name": "resnet34"}, "in_channels": 1})
     with pytest.raises(CheckpointError, match="from another model: backbone is"):
-        load_backbone_weights(tmp_path, ResNetBackbone("resnet18"), expect={"backbone": {"name": "resnet18"}, "in_channels": 1})
+        load_backbone_weights(
+            tmp_path, ResNetBackbone("resnet18"), expect={"backbone": {"name": "resnet18"}, "in_channels": 1}
+        )
     with pytest.raises(CheckpointError, match="do not fit this backbone"):
         load_backbone_weights(tmp_path, ResNetBackbone("resnet18"))
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from webapp_support import shared_model_export
 
 from sslmed.errors import CheckpointError, ImageLoadError
 from sslmed.predict import Predictor
-from webapp_support import shared_model_export
 
 SAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".dcm"}
 
@@ -75,7 +75,7 @@ def test_every_real_sample_gives_probabilities(predictor: Predictor, samples: li
 
 def test_batch_equals_one_by_one(predictor: Predictor, samples: list[Path]) -> None:
     together = predictor.predict(samples[:4])
-    for path, result in zip(samples[:4], together):
+    for path, result in zip(samples[:4], together, strict=False):
         alone = predictor.predict([path])[0]
         assert all(math.isclose(alone[c], result[c], abs_tol=1e-5) for c in predictor.classes)
 
@@ -112,7 +112,9 @@ def test_lossless_formats_agree_with_the_original(predictor: Predictor, samples:
         ("random.jpg", bytes(range(256)) * 8, "not an image"),
     ],
 )
-def test_bad_files_are_refused_by_name(predictor: Predictor, tmp_path: Path, name: str, content: bytes, message: str) -> None:
+def test_bad_files_are_refused_by_name(
+    predictor: Predictor, tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(ImageLoadError, match=message) as info:

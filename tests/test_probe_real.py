@@ -31,4 +31,7 @@ def test_pretrained_probe_beats_raw_pixels_on_pneumoniamnist(data_dir, tmp_path)
     rows = {row["model"]: row for row in result.rows}
     pretrained, raw = rows["sslmed:simclr"], rows["raw_pixels"]
     assert pretrained["macro_auc"] >= raw["macro_auc"] + 0.01, (pretrained["macro_auc"], raw["macro_auc"])
-    assert pretrained["balanced_accuracy"] >= raw["balanced_accuracy"], (pretrained["balanced_accuracy"], raw["balanced_accuracy"])
+    assert pretrained["balanced_accuracy"] >= raw["balanced_accuracy"], (
+        pretrained["balanced_accuracy"],
+        raw["balanced_accuracy"],
+    )

@@ -45,7 +45,11 @@ def test_valid_recipe_loads(tmp_path):
 
 
 def test_every_problem_is_reported_at_once_with_lines(tmp_path):
-    text = GOOD.replace("temperature: 0.1", "temprature: 0.1").replace("{name: resnet18}\n    objective: {name: simclr}", "{name: resnet81}\n    objective: {name: simclr}").replace("epochs", "x")
+    text = (
+        GOOD.replace("temperature: 0.1", "temprature: 0.1")
+        .replace("{name: resnet18}\n    objective: {name: simclr}", "{name: resnet81}\n    objective: {name: simclr}")
+        .replace("epochs", "x")
+    )
     text = text.replace("  - name: second\n", "  - name: second\n    epochs: -3\n    batchsize: 8\n")
     path = write(tmp_path, text)
     with pytest.raises(RecipeError) as info:
@@ -90,7 +94,9 @@ evaluation:
     joined = "\n".join(info.value.problems)
     assert "steps[1].objective: required key is missing" in joined
     # the structural error stops reference checks, so fix it and look again
-    fixed = text.replace("    backbone: {name: resnet34}\n", "    backbone: {name: resnet34}\n    objective: {name: simclr}\n")
+    fixed = text.replace(
+        "    backbone: {name: resnet34}\n", "    backbone: {name: resnet34}\n    objective: {name: simclr}\n"
+    )
     with pytest.raises(RecipeError) as info:
         load_recipe(write(tmp_path, fixed), get_registry())
     joined = "\n".join(info.value.problems)
@@ -100,13 +106,17 @@ evaluation:
 
 
 def test_init_from_needs_the_same_backbone(tmp_path):
-    text = GOOD.replace("    init_from: first\n    backbone: {name: resnet18}", "    init_from: first\n    backbone: {name: resnet34}")
+    text = GOOD.replace(
+        "    init_from: first\n    backbone: {name: resnet18}", "    init_from: first\n    backbone: {name: resnet34}"
+    )
     with pytest.raises(RecipeError, match=r"steps\[1\].backbone: must match the backbone of step 'first'"):
         load_recipe(write(tmp_path, text), get_registry())
 
 
 def test_component_arguments_are_checked_by_the_component(tmp_path):
-    text = GOOD.replace("temperature: 0.1", "temperature: -1").replace("[{name: simclr}]\n  - name: second", "[{name: simclr, min_scale: 2}]\n  - name: second")
+    text = GOOD.replace("temperature: 0.1", "temperature: -1").replace(
+        "[{name: simclr}]\n  - name: second", "[{name: simclr, min_scale: 2}]\n  - name: second"
+    )
     with pytest.raises(RecipeError) as info:
         load_recipe(write(tmp_path, text), get_registry())
     joined = "\n".join(info.value.problems)
@@ -115,7 +125,10 @@ def test_component_arguments_are_checked_by_the_component(tmp_path):
 
 
 def test_augmentations_need_exactly_one_view_maker(tmp_path):
-    text = GOOD.replace("augmentations: [{name: simclr}]\n  - name: second", "augmentations: [{name: simclr}, {name: simclr}]\n  - name: second")
+    text = GOOD.replace(
+        "augmentations: [{name: simclr}]\n  - name: second",
+        "augmentations: [{name: simclr}, {name: simclr}]\n  - name: second",
+    )
     with pytest.raises(RecipeError, match="exactly one view-making augmentation"):
         load_recipe(write(tmp_path, text), get_registry())
 
@@ -152,7 +165,11 @@ def test_extends_cycle_is_an_error(tmp_path):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("steps.5.epochs=2", "not an item of a list of 2"), ("noequals", "expects KEY=VALUE"), ("name.x=1", "cannot set a key inside a str")],
+    [
+        ("steps.5.epochs=2", "not an item of a list of 2"),
+        ("noequals", "expects KEY=VALUE"),
+        ("name.x=1", "cannot set a key inside a str"),
+    ],
 )
 def test_bad_overrides_are_usage_errors(override, message):
     data = {"name": "x", "steps": [{}, {}]}

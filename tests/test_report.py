@@ -26,28 +26,54 @@ def fake_proba(rng: np.random.Generator, y: np.ndarray, skill: float) -> np.ndar
 
 
 def row(model: str, probe: str, y: np.ndarray, proba: np.ndarray, fraction: float = 1.0) -> dict:
-    return {"model": model, "probe": probe, "label_fraction": fraction, "train_images": 100,
-            **metrics(y, proba, CLASSES), "test_predictions": predictions(y, proba)}
+    return {
+        "model": model,
+        "probe": probe,
+        "label_fraction": fraction,
+        "train_images": 100,
+        **metrics(y, proba, CLASSES),
+        "test_predictions": predictions(y, proba),
+    }
 
 
-def make_run(root: Path, name: str, seed: int, skill: float, data_dir: Path, decoder: bool = False, fractions=(1.0,)) -> Path:
+def make_run(
+    root: Path, name: str, seed: int, skill: float, data_dir: Path, decoder: bool = False, fractions=(1.0,)
+) -> Path:
     """A finished run folder as the runner writes it (results from a fake probe)."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 3, 120)
     run = root / name / f"run-seed{seed}"
     (run / "steps" / "target" / "logs").mkdir(parents=True)
-    step = {"name": "target", "data": "covid3", "image_size": 16, "in_channels": 1, "seed": seed,
-            "backbone": {"name": "resnet18", "small_input": True},
-            "augmentations": [{"name": "simclr"}] + ([{"name": "mdre", "p": 0.5}] if decoder else [])}
-    recipe = {"name": name, "data_root": str(data_dir), "data": {"covid3": COVID3}, "steps": [step],
-              "evaluation": {"data": "covid3", "test_split": "test", "seed": 0}}
+    step = {
+        "name": "target",
+        "data": "covid3",
+        "image_size": 16,
+        "in_channels": 1,
+        "seed": seed,
+        "backbone": {"name": "resnet18", "small_input": True},
+        "augmentations": [{"name": "simclr"}] + ([{"name": "mdre", "p": 0.5}] if decoder else []),
+    }
+    recipe = {
+        "name": name,
+        "data_root": str(data_dir),
+        "data": {"covid3": COVID3},
+        "steps": [step],
+        "evaluation": {"data": "covid3", "test_split": "test", "seed": 0},
+    }
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    rows = [row("random_init", "linear", y, fake_proba(rng, y, 0.3)), row("supervised", "end-to-end", y, fake_proba(rng, y, 1.5))]
+    rows = [
+        row("random_init", "linear", y, fake_proba(rng, y, 0.3)),
+        row("supervised", "end-to-end", y, fake_proba(rng, y, 1.5)),
+    ]
     rows += [row("sslmed:target", "linear", y, fake_proba(rng, y, skill * f), f) for f in fractions]
     (run / "results.json").write_text(json.dumps({"recipe": name, "classes": CLASSES, "rows": rows}))
     (run / "manifest.json").write_text(json.dumps({"host": "test-host", "git_commit": "abc1234def"}))
     (run / "timings.json").write_text(json.dumps({"steps_seconds": {"target": 12.5}}))
-    terms = "epoch,step,train/loss_step,train/contrastive_step,train/reconstruction_step\n" if decoder else "epoch,step,train/loss_step\n"
+    terms = (
+        "epoch,step,train/loss_step,train/contrastive_step,train/reconstruction_step\n"
+        if decoder
+        else "epoch,step,train/loss_step\n"
+    )
     lines = [f"0,{i},{5 - 0.1 * i}" + (f",{4 - 0.05 * i},{1 - 0.05 * i}" if decoder else "") for i in range(10)]
     (run / "steps" / "target" / "logs" / "metrics.csv").write_text(terms + "\n".join(lines) + "\n")
     registry = get_registry()
@@ -58,7 +84,11 @@ def make_run(root: Path, name: str, seed: int, skill: float, data_dir: Path, dec
         module = registry.build("decoder", spec, backbone=backbone, image_size=16, out_channels=1)
         save_tensors(run / "steps" / "target" / "decoder.safetensors", module.state_dict())
         extras = {"decoder": {"kind": "decoder", "spec": spec, "image_size": 16, "out_channels": 1}}
-    save_backbone(run / "steps" / "target", backbone, {"backbone": step["backbone"], "in_channels": 1, "epochs": 1, "global_step": 10, "extras": extras})
+    save_backbone(
+        run / "steps" / "target",
+        backbone,
+        {"backbone": step["backbone"], "in_channels": 1, "epochs": 1, "global_step": 10, "extras": extras},
+    )
     return run
 
 

@@ -25,7 +25,9 @@ def test_every_planned_run_validates(scale: str):
     plan = bench.experiments(bench.TARGETS, bench.RECIPES, [0, 1], scale, jobs=3)
     assert len(plan) == len(bench.TARGETS) * len(bench.RECIPES) * 2
     for experiment in plan:
-        recipe, _registry = load_recipe_file(REPO / "recipes" / f"{experiment['recipe']}.yaml", tuple(experiment["overrides"]))
+        recipe, _registry = load_recipe_file(
+            REPO / "recipes" / f"{experiment['recipe']}.yaml", tuple(experiment["overrides"])
+        )
         assert recipe.evaluation is not None and recipe.evaluation.data == experiment["target"]
         probed = recipe.probed_step()
         if experiment["recipe"] == "crsm_transfer":  # the corpus never holds the target set

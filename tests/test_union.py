@@ -21,16 +21,19 @@ def build(spec: dict, data_dir: Path):
 
 
 def test_pools_sources_and_excludes_the_target_test_split(data_dir: Path):
-    corpus = build({
-        "name": "union",
-        "sources": [
-            {"dataset": COVID3, "split": "all"},
-            {"dataset": {"name": "csv", "path": "covid_extra_cxnet"}},
-            {"dataset": HANNOVER},
-            {"dataset": PMNIST, "split": "train"},
-        ],
-        "exclude": [{"dataset": COVID3, "split": "test"}],
-    }, data_dir)
+    corpus = build(
+        {
+            "name": "union",
+            "sources": [
+                {"dataset": COVID3, "split": "all"},
+                {"dataset": {"name": "csv", "path": "covid_extra_cxnet"}},
+                {"dataset": HANNOVER},
+                {"dataset": PMNIST, "split": "train"},
+            ],
+            "exclude": [{"dataset": COVID3, "split": "test"}],
+        },
+        data_dir,
+    )
     covid3, pmnist = build(COVID3, data_dir), build(PMNIST, data_dir)
     test = covid3.records("test")
     assert list(corpus.splits) == ["train"]
@@ -65,12 +68,27 @@ def test_excludes_other_images_of_an_excluded_patient(data_dir: Path, tmp_path: 
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "patient_id"])
         writer.writerow([images[0].ref, "COVID-19", patient])
-    excluded = {"name": "csv", "path": str(data_dir / "covid_extra_hannover"), "csv": str(one), "patient_column": "patient_id", "test_size": 0, "val_size": 0}
+    excluded = {
+        "name": "csv",
+        "path": str(data_dir / "covid_extra_hannover"),
+        "csv": str(one),
+        "patient_column": "patient_id",
+        "test_size": 0,
+        "val_size": 0,
+    }
     corpus = build({"name": "union", "sources": [{"dataset": HANNOVER}], "exclude": [{"dataset": excluded}]}, data_dir)
     assert corpus.details["excluded_by_path"] == 1
     assert corpus.details["excluded_by_patient"] == len(images) - 1
     assert len(corpus.records("train")) == len(hannover.records("all")) - len(images)
-    kept = build({"name": "union", "sources": [{"dataset": HANNOVER}], "exclude": [{"dataset": excluded}], "exclude_patients": False}, data_dir)
+    kept = build(
+        {
+            "name": "union",
+            "sources": [{"dataset": HANNOVER}],
+            "exclude": [{"dataset": excluded}],
+            "exclude_patients": False,
+        },
+        data_dir,
+    )
     assert len(kept.records("train")) == len(hannover.records("all")) - 1
 
 
@@ -82,7 +100,14 @@ def test_clear_errors(data_dir: Path):
     with pytest.raises(UsageError, match="no split"):
         build({"name": "union", "sources": [{"dataset": PMNIST, "split": "training"}]}, data_dir)
     with pytest.raises(DataError, match="empty"):
-        build({"name": "union", "sources": [{"dataset": PMNIST, "split": "test"}], "exclude": [{"dataset": PMNIST, "split": "test"}]}, data_dir)
+        build(
+            {
+                "name": "union",
+                "sources": [{"dataset": PMNIST, "split": "test"}],
+                "exclude": [{"dataset": PMNIST, "split": "test"}],
+            },
+            data_dir,
+        )
 
 
 def test_shipped_recipes_use_a_corpus_without_the_target(data_dir: Path):

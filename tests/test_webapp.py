@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import wait
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from webapp_support import free_port, make_model_export, shared_model_export
 
 from sslmed.explain import grad_cam
 from sslmed.predict import Predictor
 from sslmed.webapp import DISCLAIMER, DemoError, DemoService, build_demo, launch_options, model_card
-from webapp_support import free_port, make_model_export, shared_model_export
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -47,8 +47,13 @@ def crsm_predictor(data_dir: Path) -> Predictor:
 def server(crsm_predictor: Predictor, samples: Path) -> Iterator[str]:
     demo = build_demo(crsm_predictor, examples_dir=samples, max_upload_mb=MAX_UPLOAD_MB, concurrency_limit=2)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_options(samples, MAX_UPLOAD_MB))
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_options(samples, MAX_UPLOAD_MB),
+    )
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -78,8 +83,12 @@ def test_prediction_over_http_equals_the_predictor(client: Client, crsm_predicto
             assert got[label] == pytest.approx(p, abs=1e-5)
 
 
-def test_explain_gives_model_view_gradcam_and_reconstruction(client: Client, crsm_predictor: Predictor, samples: Path) -> None:
-    view_path, overlay_path, reconstruction_path = client.predict(handle_file(str(samples / "covid_cxnet_040.png")), api_name="/explain")
+def test_explain_gives_model_view_gradcam_and_reconstruction(
+    client: Client, crsm_predictor: Predictor, samples: Path
+) -> None:
+    view_path, overlay_path, reconstruction_path = client.predict(
+        handle_file(str(samples / "covid_cxnet_040.png")), api_name="/explain"
+    )
     view, overlay, reconstruction = (Image.open(p) for p in (view_path, overlay_path, reconstruction_path))
     assert view.width == view.height >= crsm_predictor.image_size
     with Image.open(samples / "covid_cxnet_040.png") as original:
@@ -91,7 +100,12 @@ def test_explain_gives_model_view_gradcam_and_reconstruction(client: Client, crs
 
 def make_bad_files(folder: Path, samples: Path) -> dict[str, Path]:
     png = (samples / "darkcovidnet_00001304_001.png").read_bytes()
-    files = {"text": folder / "notes.png", "empty": folder / "empty.png", "truncated": folder / "cut.png", "large": folder / "large.tif"}
+    files = {
+        "text": folder / "notes.png",
+        "empty": folder / "empty.png",
+        "truncated": folder / "cut.png",
+        "large": folder / "large.tif",
+    }
     files["text"].write_text("not an image\n" * 50)
     files["empty"].write_bytes(b"")
     files["truncated"].write_bytes(png[: len(png) // 4])
@@ -102,7 +116,13 @@ def make_bad_files(folder: Path, samples: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize(
     "kind, message",
-    [("text", "is a text file, not an image"), ("empty", "empty"), ("truncated", "cut.png"), ("large", "the limit is 1 MB"), (None, "No image received")],
+    [
+        ("text", "is a text file, not an image"),
+        ("empty", "empty"),
+        ("truncated", "cut.png"),
+        ("large", "the limit is 1 MB"),
+        (None, "No image received"),
+    ],
 )
 def test_bad_input_gives_one_message_and_the_server_keeps_serving(
     client: Client, samples: Path, tmp_path: Path, kind: str | None, message: str
@@ -186,7 +206,9 @@ def test_a_trained_crsm_model_shows_its_reconstruction(tiny_recipe, tmp_path: Pa
     if "crsm" not in get_registry().names("objective"):
         pytest.skip("the crsm objective is not registered")
     recipe = tiny_recipe(objective="crsm", extra="")
-    result = run_recipe(recipe, ("defaults.augmentations=[{name: simclr}, {name: mdre}]",), runs_dir=tmp_path / "runs", progress=False)
+    result = run_recipe(
+        recipe, ("defaults.augmentations=[{name: simclr}, {name: mdre}]",), runs_dir=tmp_path / "runs", progress=False
+    )
     predictor = Predictor(result.run_dir, device="cpu")
     assert "decoder" in predictor.extras
     view, _overlay, reconstruction = DemoService(predictor).explain(str(samples / "hannover_covid_fff13f3a.png"))

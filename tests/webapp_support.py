@@ -41,7 +41,9 @@ class UpsamplingDecoder(torch.nn.Module):
         self.project = torch.nn.Conv2d(feature_channels, out_channels, kernel_size=1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.interpolate(self.project(features), size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+        return torch.nn.functional.interpolate(
+            self.project(features), size=(self.image_size,) * 2, mode="bilinear", align_corners=False
+        )
 
 
 class _StandInDecoderPlugin:
@@ -87,7 +89,7 @@ def covid3_records(data_dir: Path, per_class: int, skip: int = 0) -> list[tuple[
     with open(data_dir / "covid3" / "labels.csv", newline="") as handle:
         for row in csv.DictReader(handle):
             by_class.setdefault(row["label"], []).append(data_dir / "covid3" / "images" / row["path"])
-    return [(path, label) for label in sorted(by_class) for path in by_class[label][skip:skip + per_class]]
+    return [(path, label) for label in sorted(by_class) for path in by_class[label][skip : skip + per_class]]
 
 
 def make_model_export(
@@ -121,14 +123,26 @@ def make_model_export(
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(features(train), train_y)
     meta: dict[str, Any] = {
         "extras": {},
-        "recipe": "test-export", "step": "random-init", "backbone": spec, "in_channels": 1,
-        "image_size": image_size, "classes": classes, "data": f"covid3 ({len(train)} images)",
-        "metrics": {"model": "test", "probe": "linear", "train_images": len(train), **metrics(test_y, probe.predict_proba(features(test)), classes)},
+        "recipe": "test-export",
+        "step": "random-init",
+        "backbone": spec,
+        "in_channels": 1,
+        "image_size": image_size,
+        "classes": classes,
+        "data": f"covid3 ({len(train)} images)",
+        "metrics": {
+            "model": "test",
+            "probe": "linear",
+            "train_images": len(train),
+            **metrics(test_y, probe.predict_proba(features(test)), classes),
+        },
     }
     extra_tensors = None
     if decoder:
         description = {"kind": "decoder", "spec": decoder_spec(), "image_size": image_size, "out_channels": 1}
-        module = get_registry().build("decoder", description["spec"], backbone=backbone, image_size=image_size, out_channels=1)
+        module = get_registry().build(
+            "decoder", description["spec"], backbone=backbone, image_size=image_size, out_channels=1
+        )
         meta["extras"] = {"decoder": description}
         extra_tensors = {"decoder": module.state_dict()}
     export_classifier(directory, backbone, probe, meta, extra_tensors=extra_tensors)

@@ -20,7 +20,9 @@ class ResNetArgs(BaseModel):
 
 
 def build_resnet(arch: str, args: ResNetArgs, *, in_channels: int = 1, **_context: Any) -> ResNetBackbone:
-    return ResNetBackbone(arch, in_channels=in_channels, small_input=args.small_input, zero_init_residual=args.zero_init_residual)
+    return ResNetBackbone(
+        arch, in_channels=in_channels, small_input=args.small_input, zero_init_residual=args.zero_init_residual
+    )
 
 
 @hookimpl

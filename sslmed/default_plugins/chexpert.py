@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -35,9 +35,20 @@ from sslmed.registry import close_matches
 
 #: the 14 observations of CheXpert, in the order of the official CSV header
 FINDINGS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 )
 #: the five findings of the CheXpert competition (Irvin et al. 2019)
 COMPETITION_FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
@@ -52,9 +63,15 @@ Policy = Literal["ignore", "zeros", "ones"]
 class ChexpertArgs(LoadingArgs):
     """The CheXpert v1.0 release (``train.csv``/``valid.csv`` and the images they list)."""
 
-    path: str = Field(description="the release folder (CheXpert-v1.0-small) or the folder containing it, absolute or under the data root")
-    findings: list[str] = Field(list(COMPETITION_FINDINGS), min_length=1, description="findings to use as targets, in this order (default: the 5 competition findings)")
-    uncertainty: Union[Policy, dict[str, Policy]] = Field(
+    path: str = Field(
+        description="the release folder (CheXpert-v1.0-small) or the folder containing it, absolute or under the data root"
+    )
+    findings: list[str] = Field(
+        list(COMPETITION_FINDINGS),
+        min_length=1,
+        description="findings to use as targets, in this order (default: the 5 competition findings)",
+    )
+    uncertainty: Policy | dict[str, Policy] = Field(
         "ignore",
         description="what an uncertain (-1.0) label becomes: 'ignore' (unknown, left out of loss and metrics), "
         "'zeros' (negative) or 'ones' (positive); one policy for all findings or a mapping finding -> policy "
@@ -66,8 +83,11 @@ class ChexpertArgs(LoadingArgs):
     val_size: float = Field(0.0, ge=0, lt=1, description="fraction of train.csv patients held out as a 'val' split")
     split_seed: int = Field(0, description="seed of the patient-wise val split")
     valid_split: str = Field("test", description="split name given to the images of valid.csv")
-    verify: bool = Field(False, description="decode every image once when loading (minutes for the full release; "
-                         "by default only their existence is checked)")
+    verify: bool = Field(
+        False,
+        description="decode every image once when loading (minutes for the full release; "
+        "by default only their existence is checked)",
+    )
 
     @field_validator("findings")
     @classmethod
@@ -75,17 +95,22 @@ class ChexpertArgs(LoadingArgs):
         for finding in value:
             if finding not in FINDINGS:
                 hint = close_matches(finding, list(FINDINGS))
-                raise ValueError(f"unknown finding {finding!r}" + (f"; did you mean {hint[0]!r}?" if hint else f" (findings: {', '.join(FINDINGS)})"))
+                raise ValueError(
+                    f"unknown finding {finding!r}"
+                    + (f"; did you mean {hint[0]!r}?" if hint else f" (findings: {', '.join(FINDINGS)})")
+                )
         if len(set(value)) != len(value):
             raise ValueError("a finding is listed twice")
         return value
 
     @model_validator(mode="after")
-    def _policies_for_chosen_findings(self) -> "ChexpertArgs":
+    def _policies_for_chosen_findings(self) -> ChexpertArgs:
         if isinstance(self.uncertainty, dict):
             extra = [f for f in self.uncertainty if f not in self.findings]
             if extra:
-                raise ValueError(f"uncertainty policy given for finding(s) not in findings: {', '.join(extra)} (findings: {', '.join(self.findings)})")
+                raise ValueError(
+                    f"uncertainty policy given for finding(s) not in findings: {', '.join(extra)} (findings: {', '.join(self.findings)})"
+                )
         return self
 
     def policy(self, finding: str) -> Policy:
@@ -128,7 +153,9 @@ def locate_release(folder: Path) -> Path:
     for name in RELEASE_FOLDERS:
         if (folder / name / "train.csv").is_file() or (folder / name / "valid.csv").is_file():
             return folder / name
-    raise DataError(f"{folder}: not a CheXpert release: no train.csv or valid.csv in it or in {' or '.join(RELEASE_FOLDERS)}/ below it")
+    raise DataError(
+        f"{folder}: not a CheXpert release: no train.csv or valid.csv in it or in {' or '.join(RELEASE_FOLDERS)}/ below it"
+    )
 
 
 def _records_of(table: Path, args: ChexpertArgs, dropped: dict[str, int]) -> list[ImageRecord]:
@@ -136,7 +163,9 @@ def _records_of(table: Path, args: ChexpertArgs, dropped: dict[str, int]) -> lis
     needed = ["Path", "Frontal/Lateral"] + (list(args.findings) if args.labelled else [])
     absent = [c for c in needed if c not in columns]
     if absent:
-        raise DataError(f"{table}: missing column(s) {', '.join(repr(c) for c in absent)} of the CheXpert header (columns: {', '.join(columns)})")
+        raise DataError(
+            f"{table}: missing column(s) {', '.join(repr(c) for c in absent)} of the CheXpert header (columns: {', '.join(columns)})"
+        )
     policies = [args.policy(f) for f in args.findings]
     records = []
     for line, row in enumerate(rows, start=2):
@@ -151,11 +180,13 @@ def _records_of(table: Path, args: ChexpertArgs, dropped: dict[str, int]) -> lis
             records.append(ImageRecord(path, UNLABELLED, patient_of(path)))
             continue
         targets = []
-        for finding, policy in zip(args.findings, policies):
+        for finding, policy in zip(args.findings, policies, strict=False):
             try:
                 value = parse_value(row[finding])
             except ValueError:
-                raise DataError(f"{table}: line {line}: {finding} is {row[finding]!r}; CheXpert labels are 1.0, 0.0, -1.0 or blank") from None
+                raise DataError(
+                    f"{table}: line {line}: {finding} is {row[finding]!r}; CheXpert labels are 1.0, 0.0, -1.0 or blank"
+                ) from None
             targets.append(target_value(value, policy, args.blank))
         if all(math.isnan(t) for t in targets):
             dropped["no known finding"] = dropped.get("no known finding", 0) + 1
@@ -177,21 +208,41 @@ def build_chexpert(args: ChexpertArgs, *, data_root: Path, **_context: Any) -> I
             if records:
                 given.setdefault(split, []).extend(records)
     if not given:
-        raise DataError(f"{release}: train.csv and valid.csv list no usable images ({', '.join(f'{n} {k}' for k, n in dropped.items()) or 'empty'})")
+        raise DataError(
+            f"{release}: train.csv and valid.csv list no usable images ({', '.join(f'{n} {k}' for k, n in dropped.items()) or 'empty'})"
+        )
     first = next(iter(given.values()))[0]
     if not str(first.ref).startswith(release.name + "/") and (release / str(first.ref)).exists():
         image_root = release  # a re-packed copy whose paths start inside the release folder
     classes = list(args.findings) if args.labelled else []
-    details = {"release": str(release), "dropped": dropped,
-               "uncertainty": {f: args.policy(f) for f in args.findings} if args.labelled else None,
-               "blank": args.blank if args.labelled else None}
-    source = finish_source(args.path, classes, [], file_reader(image_root), image_root, args, data_root=data_root,
-                           given=given, task="multilabel" if args.labelled else "multiclass", details=details)
+    details = {
+        "release": str(release),
+        "dropped": dropped,
+        "uncertainty": {f: args.policy(f) for f in args.findings} if args.labelled else None,
+        "blank": args.blank if args.labelled else None,
+    }
+    source = finish_source(
+        args.path,
+        classes,
+        [],
+        file_reader(image_root),
+        image_root,
+        args,
+        data_root=data_root,
+        given=given,
+        task="multilabel" if args.labelled else "multiclass",
+        details=details,
+    )
     if args.val_size > 0 and "train" in source.splits:
         carved = split_records(source.splits["train"], 0.0, args.val_size, args.split_seed)
-        source.splits = {"train": carved["train"], **({"val": carved["val"]} if "val" in carved else {}),
-                         **{k: v for k, v in source.splits.items() if k != "train"}}
-        source.split_origin = f"official (train.csv, valid.csv -> {args.valid_split}); val: patient-wise, seed {args.split_seed}"
+        source.splits = {
+            "train": carved["train"],
+            **({"val": carved["val"]} if "val" in carved else {}),
+            **{k: v for k, v in source.splits.items() if k != "train"},
+        }
+        source.split_origin = (
+            f"official (train.csv, valid.csv -> {args.valid_split}); val: patient-wise, seed {args.split_seed}"
+        )
     else:
         source.split_origin = f"official (train.csv, valid.csv -> {args.valid_split})"
     return source

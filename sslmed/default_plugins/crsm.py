@@ -15,7 +15,8 @@ views themselves (an auto-encoder term).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -34,15 +35,23 @@ class CRSMArgs(SimCLRArgs):
         description="the decoder, a component spec {name: ..., <its arguments>} (see `sslmed list decoder`)",
     )
     reconstruction_weight: float = Field(1.0, ge=0, description="λ: loss = NT-Xent + λ · reconstruction")
-    reconstruction_loss: Literal["mse", "l1"] = Field("mse", description="pixel loss between reconstruction and clean view")
-    warmup_steps: int = Field(0, ge=0, description="raise λ linearly from 0 over this many optimiser steps (0: full λ from the start)")
-    reconstruct: Literal["both", "first"] = Field("both", description="reconstruct both views, or only the first (cheaper)")
+    reconstruction_loss: Literal["mse", "l1"] = Field(
+        "mse", description="pixel loss between reconstruction and clean view"
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="raise λ linearly from 0 over this many optimiser steps (0: full λ from the start)"
+    )
+    reconstruct: Literal["both", "first"] = Field(
+        "both", description="reconstruct both views, or only the first (cheaper)"
+    )
 
 
 class CRSMMethod(SimCLRMethod):
     """SimCLR + a decoder rebuilding the clean view from the erased view's feature map."""
 
-    def __init__(self, backbone: Backbone, args: CRSMArgs, decoder: torch.nn.Module, image_size: int, out_channels: int) -> None:
+    def __init__(
+        self, backbone: Backbone, args: CRSMArgs, decoder: torch.nn.Module, image_size: int, out_channels: int
+    ) -> None:
         super().__init__(backbone, args)
         self.args = args
         self.decoder = decoder
@@ -85,17 +94,28 @@ class CRSMMethod(SimCLRMethod):
 
     def extra_exports(self) -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
         """The decoder, with what rebuilds it (``registry.build("decoder", spec, ...)``)."""
-        return {"decoder": (self.decoder, {
-            "kind": "decoder", "spec": dict(self.args.decoder),
-            "image_size": self.image_size, "out_channels": self.out_channels,
-        })}
+        return {
+            "decoder": (
+                self.decoder,
+                {
+                    "kind": "decoder",
+                    "spec": dict(self.args.decoder),
+                    "image_size": self.image_size,
+                    "out_channels": self.out_channels,
+                },
+            )
+        }
 
 
-def build_crsm(args: CRSMArgs, *, backbone: Backbone, build: Callable[..., Any], image_size: int, in_channels: int, **_context: Any) -> CRSMMethod:
+def build_crsm(
+    args: CRSMArgs, *, backbone: Backbone, build: Callable[..., Any], image_size: int, in_channels: int, **_context: Any
+) -> CRSMMethod:
     """CRSM: SimCLR plus reconstruction of the un-erased view (NT-Xent + λ·reconstruction)."""
     spec = dict(args.decoder)
     if not isinstance(spec.get("name"), str):
-        raise UsageError(f"objective 'crsm': decoder must be a spec with a name, e.g. {{name: resnet_decoder}}; got {spec!r}")
+        raise UsageError(
+            f"objective 'crsm': decoder must be a spec with a name, e.g. {{name: resnet_decoder}}; got {spec!r}"
+        )
     decoder = build("decoder", spec, backbone=backbone, image_size=image_size, out_channels=in_channels)
     if not isinstance(decoder, torch.nn.Module):
         raise UsageError(f"objective 'crsm': decoder {spec['name']!r} did not build a torch module")

@@ -23,10 +23,11 @@ import json
 import os
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 import numpy as np
@@ -70,7 +71,9 @@ def _adapter_spec_for_path(path: Path) -> dict[str, Any]:
     folders = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if folders and any(f.suffix.lower() in IMAGE_SUFFIXES for d in folders for f in d.rglob("*")):
         return {"name": "image_folder", "path": str(path)}
-    raise DataError(f"{path}: no labels.csv, no class sub-folders with images and no CheXpert release: not a data source sslmed recognises")
+    raise DataError(
+        f"{path}: no labels.csv, no class sub-folders with images and no CheXpert release: not a data source sslmed recognises"
+    )
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -81,9 +84,16 @@ def _csv_header(path: Path) -> list[str]:
 def _csv_spec(folder: Path, name: str, header: list[str]) -> dict[str, Any]:
     path_column = next((c for c in ("path", "Path", "filename", "file", "image") if c in header), None)
     if path_column is None:
-        raise DataError(f"{folder / name}: no path column (one of path, Path, filename, file, image; columns: {', '.join(header)})")
-    spec: dict[str, Any] = {"name": "csv", "path": str(folder), "csv": name, "path_column": path_column,
-                            "label_column": next((c for c in LABEL_COLUMNS if c in header), None)}
+        raise DataError(
+            f"{folder / name}: no path column (one of path, Path, filename, file, image; columns: {', '.join(header)})"
+        )
+    spec: dict[str, Any] = {
+        "name": "csv",
+        "path": str(folder),
+        "csv": name,
+        "path_column": path_column,
+        "label_column": next((c for c in LABEL_COLUMNS if c in header), None),
+    }
     patient = next((c for c in PATIENT_COLUMNS if c in header), None)
     if patient:
         spec["patient_column"] = patient
@@ -168,7 +178,7 @@ def _examine(source: ImageSource, split: str, record: ImageRecord) -> ImageFacts
         facts.ahash = average_hash(image)
     except ImageLoadError as exc:
         text = str(exc)
-        facts.error = text[len(str(path)) + 2:] if path is not None and text.startswith(f"{path}: ") else text
+        facts.error = text[len(str(path)) + 2 :] if path is not None and text.startswith(f"{path}: ") else text
     except OSError as exc:
         facts.error = f"cannot be read ({exc.strerror or exc})"
     return facts
@@ -180,10 +190,10 @@ def hamming_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int,
     popcount = np.array([bin(v).count("1") for v in range(256)], dtype=np.uint16)
     pairs = []
     for start in range(0, len(packed), 256):
-        block = packed[start:start + 256]
+        block = packed[start : start + 256]
         distance = popcount[block[:, None, :] ^ packed[None, :, :]].sum(axis=2)
         rows, cols = np.nonzero(distance <= max_distance)
-        for r, c in zip(rows.tolist(), cols.tolist()):
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=False):
             i = start + r
             if i < c:
                 pairs.append((i, c, int(distance[r, c])))
@@ -211,14 +221,20 @@ def _stats(values: list[int]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else {}
 
 
-def inspect_source(source: ImageSource, max_distance: int = 8, workers: int | None = None, name: str | None = None) -> tuple[dict[str, Any], list[ImageFacts]]:
+def inspect_source(
+    source: ImageSource, max_distance: int = 8, workers: int | None = None, name: str | None = None
+) -> tuple[dict[str, Any], list[ImageFacts]]:
     """Read every image of ``source`` once; return the report and the per-image facts."""
     jobs = [(split, record) for split, records in source.splits.items() for record in records]
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         facts = list(pool.map(lambda job: _examine(source, *job), jobs, chunksize=32))
     good = [f for f in facts if f.error is None]
-    report: dict[str, Any] = {"source": name or source.name, "task": source.task, "images": len(facts) + len(source.skipped)}
+    report: dict[str, Any] = {
+        "source": name or source.name,
+        "task": source.task,
+        "images": len(facts) + len(source.skipped),
+    }
     if source.task == "multilabel":
         report["findings"] = source.summary()["splits"]
     else:
@@ -230,13 +246,23 @@ def inspect_source(source: ImageSource, max_distance: int = 8, workers: int | No
     per_class: dict[str, dict[str, int]] = {}
     for label in sorted({f.label for f in facts}):
         of_label = [f for f in facts if f.label == label]
-        per_class[label or "(unlabelled)"] = {"images": len(of_label), "with_patient_id": sum(1 for f in of_label if f.patient),
-                                              "patients": len({f.patient for f in of_label if f.patient})}
-    report["patients"] = {"patients": len({f.patient for f in with_id}), "images_with_id": len(with_id),
-                          "images_without_id": len(facts) - len(with_id), "per_class": per_class}
+        per_class[label or "(unlabelled)"] = {
+            "images": len(of_label),
+            "with_patient_id": sum(1 for f in of_label if f.patient),
+            "patients": len({f.patient for f in of_label if f.patient}),
+        }
+    report["patients"] = {
+        "patients": len({f.patient for f in with_id}),
+        "images_with_id": len(with_id),
+        "images_without_id": len(facts) - len(with_id),
+        "per_class": per_class,
+    }
     infos = [f.info for f in good if f.info is not None]
-    report["image_sizes"] = {"width": _stats([i.width for i in infos]), "height": _stats([i.height for i in infos]),
-                             "most_common": [[f"{w}x{h}", n] for (w, h), n in Counter(i.size for i in infos).most_common(5)]}
+    report["image_sizes"] = {
+        "width": _stats([i.width for i in infos]),
+        "height": _stats([i.height for i in infos]),
+        "most_common": [[f"{w}x{h}", n] for (w, h), n in Counter(i.size for i in infos).most_common(5)],
+    }
     report["modes"] = dict(Counter(i.mode for i in infos).most_common())
     report["formats"] = dict(Counter(i.format for i in infos).most_common())
     report["bit_depths"] = {str(k): v for k, v in Counter(i.bits for i in infos).most_common()}
@@ -245,28 +271,40 @@ def inspect_source(source: ImageSource, max_distance: int = 8, workers: int | No
     report["unreadable"] = unreadable
 
     def describe(group: list[int]) -> list[dict[str, Any]]:
-        return [{"path": good[i].ref, "split": good[i].split, "label": good[i].label, "patient_id": good[i].patient} for i in group]
+        return [
+            {"path": good[i].ref, "split": good[i].split, "label": good[i].label, "patient_id": good[i].patient}
+            for i in group
+        ]
 
     by_md5: dict[str, list[int]] = {}
     for i, f in enumerate(good):
         by_md5.setdefault(f.md5 or "", []).append(i)
     exact = [g for g in by_md5.values() if len(g) > 1]
     near_pairs = hamming_pairs(np.stack([f.ahash for f in good]), max_distance) if good else []
-    near_groups = [g for g in _groups(len(good), [(i, j) for i, j, _ in near_pairs])
-                   if not any(set(g) == set(e) for e in exact)]
+    near_groups = [
+        g for g in _groups(len(good), [(i, j) for i, j, _ in near_pairs]) if not any(set(g) == set(e) for e in exact)
+    ]
     report["exact_duplicates"] = [describe(g) for g in exact]
-    report["near_duplicates"] = {"max_hamming_distance": max_distance, "hash": f"average hash {HASH_SIDE}x{HASH_SIDE}",
-                                 "groups": [describe(g) for g in near_groups]}
+    report["near_duplicates"] = {
+        "max_hamming_distance": max_distance,
+        "hash": f"average hash {HASH_SIDE}x{HASH_SIDE}",
+        "groups": [describe(g) for g in near_groups],
+    }
     leaks = []
     for kind, groups in (("exact", exact), ("near", near_groups)):
         for g in groups:
             if len({good[i].split for i in g}) > 1:
                 leaks.append({"kind": kind, "images": describe(g)})
-    report["leaks"] = {"duplicates_across_splits": leaks, "patients_in_several_splits": patients_in_several_splits(source.splits)}
+    report["leaks"] = {
+        "duplicates_across_splits": leaks,
+        "patients_in_several_splits": patients_in_several_splits(source.splits),
+    }
     return report, facts
 
 
-def contact_sheet(source: ImageSource, facts: Sequence[ImageFacts], per_class: int = 6, thumb: int = 128) -> Image.Image:
+def contact_sheet(
+    source: ImageSource, facts: Sequence[ImageFacts], per_class: int = 6, thumb: int = 128
+) -> Image.Image:
     """A grid with one row per class (multi-label: per finding present) of up to ``per_class`` images."""
     rows: dict[str, list[ImageFacts]] = {}
     readable = [f for f in facts if f.error is None]
@@ -282,7 +320,9 @@ def contact_sheet(source: ImageSource, facts: Sequence[ImageFacts], per_class: i
     for row, (label, members) in enumerate(sorted(rows.items())):
         top = row * (thumb + 20) + 4
         draw.text((4, top + thumb // 2 - 12), f"{label}\n({len(members)} images)", fill=255)
-        picks = [members[round(k * (len(members) - 1) / max(1, per_class - 1))] for k in range(min(per_class, len(members)))]
+        picks = [
+            members[round(k * (len(members) - 1) / max(1, per_class - 1))] for k in range(min(per_class, len(members)))
+        ]
         for column, f in enumerate(picks):
             image = source.read(f.record_ref, "L")
             image.thumbnail((thumb, thumb))
@@ -301,27 +341,50 @@ def format_report(report: dict[str, Any], limit: int = 10) -> str:
     for split, info in report["splits"].items():
         counts = info.get("per_class") or {f: v["positive"] for f, v in info.get("per_finding", {}).items()}
         detail = ", ".join(f"{c} {n}" for c, n in counts.items())
-        lines.append(f"  {split}: {info['images']} images" + (f", {info['patients']} patients" if info.get("patients") else "") + (f" ({detail})" if detail else "") + (" [positives]" if "per_finding" in info else ""))
+        lines.append(
+            f"  {split}: {info['images']} images"
+            + (f", {info['patients']} patients" if info.get("patients") else "")
+            + (f" ({detail})" if detail else "")
+            + (" [positives]" if "per_finding" in info else "")
+        )
     p = report["patients"]
-    lines.append(f"patients: {p['patients']} ids over {p['images_with_id']} images; {p['images_without_id']} images without a patient id")
+    lines.append(
+        f"patients: {p['patients']} ids over {p['images_with_id']} images; {p['images_without_id']} images without a patient id"
+    )
     for label, info in p["per_class"].items():
-        lines.append(f"  {label}: {info['images']} images, {info['patients']} patients ({info['with_patient_id']} images with an id)")
+        lines.append(
+            f"  {label}: {info['images']} images, {info['patients']} patients ({info['with_patient_id']} images with an id)"
+        )
     sizes = report["image_sizes"]
     if sizes["width"]:
-        lines.append(f"image sizes: width {sizes['width']['min']}-{sizes['width']['max']} (median {sizes['width']['median']}), "
-                     f"height {sizes['height']['min']}-{sizes['height']['max']} (median {sizes['height']['median']}); most common "
-                     + ", ".join(f"{s} ({n})" for s, n in sizes["most_common"]))
-    lines.append("modes: " + ", ".join(f"{m} {n}" for m, n in report["modes"].items()) + "; formats: " + ", ".join(f"{m} {n}" for m, n in report["formats"].items()))
+        lines.append(
+            f"image sizes: width {sizes['width']['min']}-{sizes['width']['max']} (median {sizes['width']['median']}), "
+            f"height {sizes['height']['min']}-{sizes['height']['max']} (median {sizes['height']['median']}); most common "
+            + ", ".join(f"{s} ({n})" for s, n in sizes["most_common"])
+        )
+    lines.append(
+        "modes: "
+        + ", ".join(f"{m} {n}" for m, n in report["modes"].items())
+        + "; formats: "
+        + ", ".join(f"{m} {n}" for m, n in report["formats"].items())
+    )
     lines.append(f"unreadable files: {len(report['unreadable'])}")
     lines += [f"  {u['path']}: {u['reason']}" for u in report["unreadable"][:limit]]
     lines.append(f"exact duplicates: {len(report['exact_duplicates'])} group(s)")
     lines += ["  " + " = ".join(f"{m['path']} [{m['split']}]" for m in g) for g in report["exact_duplicates"][:limit]]
     near = report["near_duplicates"]
-    lines.append(f"near duplicates ({near['hash']}, distance <= {near['max_hamming_distance']}): {len(near['groups'])} group(s)")
+    lines.append(
+        f"near duplicates ({near['hash']}, distance <= {near['max_hamming_distance']}): {len(near['groups'])} group(s)"
+    )
     lines += ["  " + " ~ ".join(f"{m['path']} [{m['split']}]" for m in g) for g in near["groups"][:limit]]
     leaks = report["leaks"]
-    lines.append(f"leaks across splits: {len(leaks['duplicates_across_splits'])} duplicate group(s), {len(leaks['patients_in_several_splits'])} patient(s) in several splits")
-    lines += ["  " + f"{leak['kind']}: " + " ~ ".join(f"{m['path']} [{m['split']}]" for m in leak["images"]) for leak in leaks["duplicates_across_splits"][:limit]]
+    lines.append(
+        f"leaks across splits: {len(leaks['duplicates_across_splits'])} duplicate group(s), {len(leaks['patients_in_several_splits'])} patient(s) in several splits"
+    )
+    lines += [
+        "  " + f"{leak['kind']}: " + " ~ ".join(f"{m['path']} [{m['split']}]" for m in leak["images"])
+        for leak in leaks["duplicates_across_splits"][:limit]
+    ]
     if report.get("contact_sheet"):
         lines.append(f"contact sheet: {report['contact_sheet']}")
     return "\n".join(lines)
@@ -332,7 +395,11 @@ def format_report(report: dict[str, Any], limit: int = 10) -> str:
 
 _source_options = [
     click.argument("source", required=False),
-    click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), help="Take the data from this recipe (with --data)."),
+    click.option(
+        "--recipe",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Take the data from this recipe (with --data).",
+    ),
     click.option("--data", "alias", help="The recipe's data alias to use."),
 ]
 
@@ -350,11 +417,28 @@ def data_group() -> None:
 
 @data_group.command(name="inspect")
 @_with_source_options
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder for report.json and contact_sheet.png (default: inspect/<name>).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for report.json and contact_sheet.png (default: inspect/<name>).",
+)
 @click.option("--per-class", default=6, show_default=True, help="Images per class on the contact sheet.")
-@click.option("--max-distance", default=8, show_default=True, help="Largest Hamming distance (of 256 hash bits) for near duplicates.")
+@click.option(
+    "--max-distance",
+    default=8,
+    show_default=True,
+    help="Largest Hamming distance (of 256 hash bits) for near duplicates.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def inspect_command(source: str | None, recipe: Path | None, alias: str | None, out: Path | None, per_class: int, max_distance: int, as_json: bool) -> None:
+def inspect_command(
+    source: str | None,
+    recipe: Path | None,
+    alias: str | None,
+    out: Path | None,
+    per_class: int,
+    max_distance: int,
+    as_json: bool,
+) -> None:
     """Report on SOURCE: counts, classes, patients, sizes, unreadable files, duplicates and leaks."""
     built, spec, name = build_source(source, recipe, alias, verify=False, on_error="skip")
     click.echo(f"inspecting {name} ({spec['name']}, {sum(len(r) for r in built.splits.values())} images)...", err=True)
@@ -375,17 +459,33 @@ def inspect_command(source: str | None, recipe: Path | None, alias: str | None, 
 
 @data_group.command(name="split")
 @_with_source_options
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="The split file to write (default: splits/<name>.csv).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The split file to write (default: splits/<name>.csv).",
+)
 @click.option("--test-size", type=float, help="Fraction of patients held out for testing (default: the source's).")
 @click.option("--val-size", type=float, help="Fraction held out for validation (default: the source's).")
 @click.option("--seed", type=int, help="Seed of the split (default: the source's split_seed).")
-def split_command(source: str | None, recipe: Path | None, alias: str | None, out: Path | None, test_size: float | None, val_size: float | None, seed: int | None) -> None:
+def split_command(
+    source: str | None,
+    recipe: Path | None,
+    alias: str | None,
+    out: Path | None,
+    test_size: float | None,
+    val_size: float | None,
+    seed: int | None,
+) -> None:
     """Write the patient-wise, class-stratified split file of SOURCE, for a recipe's split_file."""
-    changes = {k: v for k, v in {"test_size": test_size, "val_size": val_size, "split_seed": seed}.items() if v is not None}
+    changes = {
+        k: v for k, v in {"test_size": test_size, "val_size": val_size, "split_seed": seed}.items() if v is not None
+    }
     built, spec, name = build_source(source, recipe, alias, split_file=None, **changes)
     shared = patients_in_several_splits(built.splits)
     if shared:
-        raise DataError(f"{name}: {len(shared)} patient(s) would be in several splits (e.g. {next(iter(shared))}); the data's own split column mixes patients")
+        raise DataError(
+            f"{name}: {len(shared)} patient(s) would be in several splits (e.g. {next(iter(shared))}); the data's own split column mixes patients"
+        )
     out = out or Path("splits") / f"{name}.csv"
     write_split_file(built, out)
     for split, records in built.splits.items():

@@ -97,7 +97,10 @@ class CsvArgs(SplitArgs):
 
     path: str = Field(description="the dataset folder, absolute or under the data root")
     csv: str = Field("labels.csv", description="the CSV file, relative to path")
-    images: str | None = Field(None, description="folder the path column is relative to, under path (default: images/ if it exists, else path itself)")
+    images: str | None = Field(
+        None,
+        description="folder the path column is relative to, under path (default: images/ if it exists, else path itself)",
+    )
     path_column: str = Field("path", description="column with each image's path")
     label_column: str | None = Field("label", description="column with each image's class; null for unlabelled images")
     patient_column: str | None = Field(None, description="patient id column, for patient-wise splits")
@@ -127,7 +130,9 @@ def resolve_split_file(value: str, data_root: Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise DataError(f"split file not found: {value} (looked in {', '.join(str(c) for c in candidates)}; write one with `sslmed data split`)")
+    raise DataError(
+        f"split file not found: {value} (looked in {', '.join(str(c) for c in candidates)}; write one with `sslmed data split`)"
+    )
 
 
 def finish_source(
@@ -148,12 +153,24 @@ def finish_source(
     ``given``: splits the data defines itself (a split column, official files); a
     ``split_file`` in ``args`` overrides them, else ``args`` splits patient-wise by seed.
     """
-    source = ImageSource(name, classes, given if given is not None else {"all": records}, read, root=root, task=task, details=details or {})
+    source = ImageSource(
+        name,
+        classes,
+        given if given is not None else {"all": records},
+        read,
+        root=root,
+        task=task,
+        details=details or {},
+    )
     if args.verify:
         source = verify_source(source, args.on_error)
     else:  # at least every file must exist
-        missing = [(split, r, source.path_of(r), "file not found") for split, rs in source.splits.items() for r in rs
-                   if source.path_of(r) is not None and not source.path_of(r).is_file()]  # type: ignore[union-attr]
+        missing = [
+            (split, r, source.path_of(r), "file not found")
+            for split, rs in source.splits.items()
+            for r in rs
+            if source.path_of(r) is not None and not source.path_of(r).is_file()
+        ]  # type: ignore[union-attr]
         source = apply_failures(source, missing, args.on_error)  # type: ignore[arg-type]
     kept = [r for rs in source.splits.values() for r in rs]
     if not kept:
@@ -169,7 +186,9 @@ def finish_source(
             source.splits, source.split_origin = {"train": kept}, "all in train"
         else:
             source.splits = split_records(kept, args.test_size, args.val_size, args.split_seed)
-            source.split_origin = f"patient-wise, class-stratified, seed {args.split_seed} (test {args.test_size}, val {args.val_size})"
+            source.split_origin = (
+                f"patient-wise, class-stratified, seed {args.split_seed} (test {args.test_size}, val {args.val_size})"
+            )
     return source
 
 
@@ -190,7 +209,9 @@ def build_image_folder(args: ImageFolderArgs, *, data_root: Path, **_context: An
     classes = args.classes or found
     missing = [c for c in classes if c not in found]
     if missing:
-        raise DataError(f"{root}: no sub-folder for class(es) {', '.join(missing)} (found: {', '.join(found) or 'none'})")
+        raise DataError(
+            f"{root}: no sub-folder for class(es) {', '.join(missing)} (found: {', '.join(found) or 'none'})"
+        )
     if not classes:
         raise DataError(f"{root}: expected one sub-folder per class, found none")
     pattern = re.compile(args.patient_pattern) if args.patient_pattern else None
@@ -233,19 +254,28 @@ def build_csv(args: CsvArgs, *, data_root: Path, **_context: Any) -> ImageSource
     if root.is_file():
         raise DataError(f"csv: path {root} is a file; give the dataset folder as path and the CSV's name as csv")
     table = resolve_path(str(root / args.csv), data_root, "CSV file")
-    image_dir = root / args.images if args.images is not None else (root / "images" if (root / "images").is_dir() else root)
+    image_dir = (
+        root / args.images if args.images is not None else (root / "images" if (root / "images").is_dir() else root)
+    )
     if not image_dir.is_dir():
-        raise DataError(f"{table}: image folder {image_dir} not found (set images: to the folder the {args.path_column!r} column is relative to)")
+        raise DataError(
+            f"{table}: image folder {image_dir} not found (set images: to the folder the {args.path_column!r} column is relative to)"
+        )
     columns, rows = read_csv_rows(table)
     wanted = [c for c in (args.path_column, args.label_column, args.patient_column, args.split_column) if c]
     absent = [c for c in wanted if c not in columns]
     if absent:
-        raise DataError(f"{table}: missing column(s) {', '.join(repr(c) for c in absent)} (columns: {', '.join(columns)})")
+        raise DataError(
+            f"{table}: missing column(s) {', '.join(repr(c) for c in absent)} (columns: {', '.join(columns)})"
+        )
     labels_seen = sorted({row[args.label_column] or "" for row in rows}) if args.label_column else []
     classes = list(args.classes or [label for label in labels_seen if label])
     if args.label_column:
-        bad = [f"line {line}: {row[args.label_column]!r}" + (" (empty)" if not row[args.label_column] else "")
-               for line, row in enumerate(rows, start=2) if (row[args.label_column] or "") not in classes]
+        bad = [
+            f"line {line}: {row[args.label_column]!r}" + (" (empty)" if not row[args.label_column] else "")
+            for line, row in enumerate(rows, start=2)
+            if (row[args.label_column] or "") not in classes
+        ]
         if bad:
             raise DataError(f"{table}: {len(bad)} label(s) not in the class list {classes}: {_listed(bad)}")
     records, given = [], {}
@@ -266,8 +296,16 @@ def build_csv(args: CsvArgs, *, data_root: Path, **_context: Any) -> ImageSource
             given.setdefault(split, []).append(record)
     if not records:
         raise DataError(f"{table}: lists no images")
-    return finish_source(args.path, classes, records, file_reader(image_dir), image_dir, args,
-                         data_root=data_root, given=given if args.split_column else None)
+    return finish_source(
+        args.path,
+        classes,
+        records,
+        file_reader(image_dir),
+        image_dir,
+        args,
+        data_root=data_root,
+        given=given if args.split_column else None,
+    )
 
 
 def build_medmnist(args: MedMnistArgs, *, data_root: Path, **_context: Any) -> ImageSource:
@@ -286,7 +324,11 @@ def build_medmnist(args: MedMnistArgs, *, data_root: Path, **_context: Any) -> I
         if f"{split}_images" not in keys:
             continue
         split_images = arrays[f"{split}_images"]
-        labels = arrays[f"{split}_labels"].reshape(len(split_images), -1)[:, 0].astype(int) if f"{split}_labels" in keys else np.full(len(split_images), UNLABELLED)
+        labels = (
+            arrays[f"{split}_labels"].reshape(len(split_images), -1)[:, 0].astype(int)
+            if f"{split}_labels" in keys
+            else np.full(len(split_images), UNLABELLED)
+        )
         n_classes = max(n_classes, int(labels.max()) + 1)
         splits[split] = [ImageRecord(offset + i, int(label)) for i, label in enumerate(labels)]
         images.append(split_images)

@@ -41,12 +41,22 @@ class UpBlock(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, convs: int, mode: str) -> None:
         layers: list[nn.Module] = []
         if mode == "transposed":
-            layers += [nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2, bias=False),
+                nn.BatchNorm2d(out_ch),
+                nn.ReLU(inplace=True),
+            ]
             in_ch, convs = out_ch, convs - 1
         else:
-            layers.append(nn.Upsample(scale_factor=2, mode=mode, **({"align_corners": False} if mode == "bilinear" else {})))
+            layers.append(
+                nn.Upsample(scale_factor=2, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+            )
         for _ in range(convs):
-            layers += [nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(out_ch),
+                nn.ReLU(inplace=True),
+            ]
             in_ch = out_ch
         super().__init__(*layers)
 
@@ -58,13 +68,17 @@ class ResNetDecoder(nn.Module):
     it compares directly with the views the encoder saw.
     """
 
-    def __init__(self, feature_dim: int, stride: int, image_size: int, out_channels: int, args: ResNetDecoderArgs) -> None:
+    def __init__(
+        self, feature_dim: int, stride: int, image_size: int, out_channels: int, args: ResNetDecoderArgs
+    ) -> None:
         super().__init__()
         self.image_size = image_size
         self.out_channels = out_channels
         blocks = int(round(math.log2(stride)))
         self.reduce = nn.Sequential(
-            nn.Conv2d(feature_dim, args.width, kernel_size=1, bias=False), nn.BatchNorm2d(args.width), nn.ReLU(inplace=True)
+            nn.Conv2d(feature_dim, args.width, kernel_size=1, bias=False),
+            nn.BatchNorm2d(args.width),
+            nn.ReLU(inplace=True),
         )
         layers, channels = [], args.width
         for _ in range(blocks):
@@ -77,11 +91,15 @@ class ResNetDecoder(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.reduce(features)))
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            x = nn.functional.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
         return x
 
 
-def build_resnet_decoder(args: ResNetDecoderArgs, *, backbone: Any, image_size: int, out_channels: int, **_context: Any) -> ResNetDecoder:
+def build_resnet_decoder(
+    args: ResNetDecoderArgs, *, backbone: Any, image_size: int, out_channels: int, **_context: Any
+) -> ResNetDecoder:
     """Up-sampling decoder without skip connections, from a ResNet-like backbone's last feature map."""
     feature_dim = getattr(backbone, "feature_dim", None)
     stride = getattr(backbone, "stride", None)
@@ -92,7 +110,9 @@ def build_resnet_decoder(args: ResNetDecoderArgs, *, backbone: Any, image_size: 
             "'feature_dim' and 'stride' attributes and a 'forward_features' method (sslmed.models.Backbone)"
         )
     if stride < 1 or stride & (stride - 1):
-        raise UsageError(f"decoder 'resnet_decoder' does not support backbone {name}: its stride {stride} is not a power of two")
+        raise UsageError(
+            f"decoder 'resnet_decoder' does not support backbone {name}: its stride {stride} is not a power of two"
+        )
     if out_channels not in (1, 3):
         raise UsageError(f"decoder 'resnet_decoder': out_channels must be 1 or 3, got {out_channels}")
     if image_size < 8:

@@ -46,16 +46,18 @@ class MdreArgs(BaseModel):
     min_aspect: float = Field(2.0, ge=1, description="smallest length/width of a strip")
     max_aspect: float = Field(5.0, ge=1, description="largest length/width of a strip")
     directions: list[Direction] = Field(
-        ["horizontal", "vertical", "diagonal", "antidiagonal", "square"], min_length=1,
+        ["horizontal", "vertical", "diagonal", "antidiagonal", "square"],
+        min_length=1,
         description="region shapes, used in turn from a random start so one view mixes directions",
     )
     fill: Literal["zero", "mean", "noise"] = Field(
-        "zero", description="zero (the dataset mean after normalisation), mean (the view's own mean per channel) or noise (standard normal)"
+        "zero",
+        description="zero (the dataset mean after normalisation), mean (the view's own mean per channel) or noise (standard normal)",
     )
     seed: int | None = Field(None, description="seed of the erasing's own random generator (None: torch's global one)")
 
     @model_validator(mode="after")
-    def _check_ranges(self) -> "MdreArgs":
+    def _check_ranges(self) -> MdreArgs:
         if self.min_count > self.max_count:
             raise ValueError(f"min_count ({self.min_count}) must not exceed max_count ({self.max_count})")
         if self.min_area > self.max_area:
@@ -123,7 +125,9 @@ def _oblique_patch(fy: float, fx: float, length: float, thick: float, angle: flo
     return ry0, rx0, patch, int(patch.sum())
 
 
-def _rasterise(height: int, width: int, cy: float, cx: float, length: float, thick: float, angle: float) -> tuple[tuple[int, int, int, int], np.ndarray | None, int]:
+def _rasterise(
+    height: int, width: int, cy: float, cx: float, length: float, thick: float, angle: float
+) -> tuple[tuple[int, int, int, int], np.ndarray | None, int]:
     """The pixels whose centres lie inside the rotated rectangle: a box, for oblique angles
     a boolean patch over it (None: the whole box), and the pixel count."""
     if angle in (0.0, 90.0):
@@ -141,7 +145,9 @@ def _rasterise(height: int, width: int, cy: float, cx: float, length: float, thi
     y0, x0 = iy + ry0, ix + rx0
     y1, x1 = y0 + patch.shape[0], x0 + patch.shape[1]
     if y0 < 0 or x0 < 0 or y1 > height or x1 > width:  # only on images smaller than the shape
-        patch = patch[max(0, -y0):patch.shape[0] - max(0, y1 - height), max(0, -x0):patch.shape[1] - max(0, x1 - width)]
+        patch = patch[
+            max(0, -y0) : patch.shape[0] - max(0, y1 - height), max(0, -x0) : patch.shape[1] - max(0, x1 - width)
+        ]
         y0, x0, y1, x1 = max(0, y0), max(0, x0), min(height, y1), min(width, x1)
         pixels = int(patch.sum())
     return (y0, y1, x0, x1), patch, pixels
@@ -184,8 +190,10 @@ class MultiDirectionalRandomErasing:
 
     def __repr__(self) -> str:
         a = self.args
-        return (f"MultiDirectionalRandomErasing(p={a.p}, count={a.min_count}-{a.max_count}, "
-                f"area={a.min_area}-{a.max_area}, directions={a.directions}, fill={a.fill!r}, seed={a.seed})")
+        return (
+            f"MultiDirectionalRandomErasing(p={a.p}, count={a.min_count}-{a.max_count}, "
+            f"area={a.min_area}-{a.max_area}, directions={a.directions}, fill={a.fill!r}, seed={a.seed})"
+        )
 
     @property
     def generator(self) -> torch.Generator | None:
@@ -209,7 +217,7 @@ class MultiDirectionalRandomErasing:
         count = min(a.max_count, a.min_count + int(u[0] * (a.max_count - a.min_count + 1)))
         start = int(u[1] * len(a.directions)) % len(a.directions)
         grid = max(1, math.ceil(math.sqrt(count)))
-        keys = u[2:2 + grid * grid]
+        keys = u[2 : 2 + grid * grid]
         cells = sorted(range(grid * grid), key=keys.__getitem__)[:count]
         offset = 2 + self._grid_max**2
         total = height * width
@@ -222,7 +230,7 @@ class MultiDirectionalRandomErasing:
         exp, sqrt = math.exp, math.sqrt
         cell_h, cell_w = height / grid, width / grid
         for i, cell in enumerate(cells):
-            ua, ur, uy, ux, uo, uf = u[offset + 6 * i: offset + 6 * i + 6]
+            ua, ur, uy, ux, uo, uf = u[offset + 6 * i : offset + 6 * i + 6]
             direction = directions[(start + i) % n_directions]
             area = exp(area0 + ua * area1) * total
             if direction == "square":
@@ -290,7 +298,7 @@ class RandomErasingArgs(BaseModel):
     fill: Literal["zero", "noise"] = Field("zero", description="zero (the dataset mean after normalisation) or noise")
 
     @model_validator(mode="after")
-    def _check_ranges(self) -> "RandomErasingArgs":
+    def _check_ranges(self) -> RandomErasingArgs:
         if self.min_area > self.max_area:
             raise ValueError(f"min_area ({self.min_area}) must not exceed max_area ({self.max_area})")
         if self.min_ratio > self.max_ratio:
@@ -305,7 +313,9 @@ class RandomErasing:
     def __init__(self, args: RandomErasingArgs) -> None:
         self.args = args
         self.erase = v2.RandomErasing(
-            p=args.p, scale=(args.min_area, args.max_area), ratio=(args.min_ratio, args.max_ratio),
+            p=args.p,
+            scale=(args.min_area, args.max_area),
+            ratio=(args.min_ratio, args.max_ratio),
             value=0.0 if args.fill == "zero" else "random",  # type: ignore[arg-type]
         )
 

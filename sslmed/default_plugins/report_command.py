@@ -14,8 +14,22 @@ from sslmed.hookspecs import hookimpl
 
 @click.command(name="report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True, help="Folder for report.md, report.html and the figures.")
-@click.option("--bootstrap", "samples", type=click.IntRange(0, 100_000), default=1000, show_default=True, help="Bootstrap resamples of the test images for single-seed CIs (0: none).")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("report"),
+    show_default=True,
+    help="Folder for report.md, report.html and the figures.",
+)
+@click.option(
+    "--bootstrap",
+    "samples",
+    type=click.IntRange(0, 100_000),
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples of the test images for single-seed CIs (0: none).",
+)
 @click.option("--no-figures", is_flag=True, help="Tables only.")
 @click.option("--title", default="sslmed comparison report", show_default=True)
 def report(run_dirs: tuple[Path, ...], out: Path, samples: int, no_figures: bool, title: str) -> None:

@@ -19,7 +19,9 @@ class SimCLRArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     temperature: float = Field(0.5, gt=0, description="NT-Xent temperature")
-    projection_hidden_dim: int | None = Field(None, ge=8, description="hidden width of the projection head (default: the backbone's feature size)")
+    projection_hidden_dim: int | None = Field(
+        None, ge=8, description="hidden width of the projection head (default: the backbone's feature size)"
+    )
     projection_dim: int = Field(128, ge=8, description="output size of the projection head")
 
 

@@ -11,9 +11,10 @@ its records are unlabelled and refer to their source as ``"<source index>:<ref>"
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,7 +30,9 @@ class UnionPart(BaseModel):
     """One source of the corpus, or one split to exclude from it."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: dict[str, Any] = Field(description="a dataset spec, e.g. {name: csv, path: covid3, patient_column: patient_id}")
+    dataset: dict[str, Any] = Field(
+        description="a dataset spec, e.g. {name: csv, path: covid3, patient_column: patient_id}"
+    )
     split: str = Field("all", description="which split of it ('all': every split)")
 
 
@@ -44,7 +47,7 @@ class UnionArgs(BaseModel):
     exclude_patients: bool = Field(True, description="also drop every image of a patient found in an excluded split")
 
 
-def record_key(source: ImageSource, ref: Union[str, int]) -> str:
+def record_key(source: ImageSource, ref: str | int) -> str:
     """What identifies an image across sources: its resolved file path, or for
     array-backed sets (no root) the set's name and the index."""
     if source.root is not None:
@@ -58,7 +61,7 @@ class UnionReader:
     def __init__(self, readers: list[Callable[..., Image.Image]]) -> None:
         self.readers = readers
 
-    def __call__(self, ref: Union[str, int], mode: str = "L") -> Image.Image:
+    def __call__(self, ref: str | int, mode: str = "L") -> Image.Image:
         index, _, inner = str(ref).partition(":")
         return self.readers[int(index)](inner, mode)
 
@@ -77,7 +80,9 @@ def _build(spec: dict[str, Any], data_root: Path, where: str) -> ImageSource:
     from sslmed.plugins import get_registry
 
     if not isinstance(spec.get("name"), str):
-        raise UsageError(f"union {where}: dataset must be a spec with a name, e.g. {{name: csv, path: covid3}}; got {spec!r}")
+        raise UsageError(
+            f"union {where}: dataset must be a spec with a name, e.g. {{name: csv, path: covid3}}; got {spec!r}"
+        )
     if spec["name"] == "union":
         raise UsageError(f"union {where}: a union cannot contain another union")
     try:
@@ -111,7 +116,9 @@ def build_union(args: UnionArgs, *, data_root: Path, **_context: Any) -> UnionSo
                 continue
             records.append(ImageRecord(f"{index}:{record.ref}", UNLABELLED, record.patient_id))
             kept += 1
-        parts.append({"dataset": part.dataset.get("name"), "path": part.dataset.get("path"), "split": part.split, "images": kept})
+        parts.append(
+            {"dataset": part.dataset.get("name"), "path": part.dataset.get("path"), "split": part.split, "images": kept}
+        )
     if not records:
         raise DataError("union: every image was excluded; the corpus is empty")
     details = {
@@ -122,7 +129,13 @@ def build_union(args: UnionArgs, *, data_root: Path, **_context: Any) -> UnionSo
         "excluded_split_patients": len(excluded_patients),
     }
     name = "union(" + "+".join(str(p["path"] or p["dataset"]) for p in parts) + ")"
-    log.info("%s: %d images; excluded %d by path and %d more by patient id", name, len(records), dropped_path, dropped_patient)
+    log.info(
+        "%s: %d images; excluded %d by path and %d more by patient id",
+        name,
+        len(records),
+        dropped_path,
+        dropped_patient,
+    )
     return UnionSource(name, [], {"train": records}, UnionReader(readers), root=None, details=details)
 
 

@@ -16,7 +16,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-
 from sslmed_clahe.equalize import clahe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
@@ -29,7 +28,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images" / "clahe.png")
     args = parser.parse_args()
     image = np.asarray(Image.open(args.image).convert("L").resize((512, 512), Image.BILINEAR))
-    panels = [("original", image), ("clahe clip_limit=2, tile_grid=8", clahe(image, 2.0, 8)), ("clahe clip_limit=4, tile_grid=4", clahe(image, 4.0, 4))]
+    panels = [
+        ("original", image),
+        ("clahe clip_limit=2, tile_grid=8", clahe(image, 2.0, 8)),
+        ("clahe clip_limit=4, tile_grid=4", clahe(image, 4.0, 4)),
+    ]
     figure, axes = plt.subplots(2, 3, figsize=(10.5, 5.6), gridspec_kw={"height_ratios": [4, 1]})
     for column, (title, panel) in enumerate(panels):
         axes[0, column].imshow(panel, cmap="gray", vmin=0, vmax=255)

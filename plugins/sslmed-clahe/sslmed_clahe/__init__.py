@@ -23,7 +23,12 @@ class ClaheArgs(BaseModel):
     """Arguments of the ``clahe`` augmentation."""
 
     model_config = ConfigDict(extra="forbid")
-    clip_limit: float = Field(2.0, gt=0, le=40, description="contrast limit, as a multiple of the mean histogram bin height: higher allows more contrast")
+    clip_limit: float = Field(
+        2.0,
+        gt=0,
+        le=40,
+        description="contrast limit, as a multiple of the mean histogram bin height: higher allows more contrast",
+    )
     tile_grid: int = Field(8, ge=1, le=64, description="tiles per side; each tile is equalised on its own")
     p: float = Field(1.0, ge=0, le=1, description="probability of applying it to an image")
 

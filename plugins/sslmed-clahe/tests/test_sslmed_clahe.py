@@ -9,7 +9,6 @@ import numpy as np
 import pydantic
 import pytest
 from PIL import Image
-
 from sslmed_clahe import Clahe, ClaheArgs, build_clahe
 from sslmed_clahe.equalize import clahe
 
