@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from sslmed.checkpoints import atomic_write_text
 from sslmed.errors import UsageError
+from sslmed.metrics import metric_values
+from sslmed.rundir import RESULTS_JSON, RunDir, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +94,10 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
         path = Path(raw)
         if not path.exists():
             raise UsageError(f"{path}: no such folder")
-        if (path / "results.json").is_file():
+        if RunDir(path).has_results():
             found.append(path)
             continue
-        below = sorted(p.parent for p in path.rglob("results.json") if (p.parent / "recipe.yaml").is_file())
+        below = sorted(p.parent for p in path.rglob(RESULTS_JSON) if RunDir(p.parent).is_run())
         if not below:
             raise UsageError(
                 f"{path}: not a run folder and no run folder below it (no results.json; did the run's evaluation finish?)"
@@ -108,50 +108,13 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load_run(path: Path) -> Run:
-    """Read what the report needs from a run folder."""
-
-    def read_json(name: str) -> dict[str, Any]:
-        file = path / name
-        return json.loads(file.read_text()) if file.is_file() else {}
-
-    recipe = yaml.safe_load((path / "recipe.yaml").read_text()) if (path / "recipe.yaml").is_file() else {}
-    return Run(path, recipe or {}, read_json("results.json"), read_json("manifest.json"), read_json("timings.json"))
+    """Read what the report needs from a run folder (plain documents: a run is reported
+    even when a plugin it used is no longer installed)."""
+    run = RunDir(path)
+    return Run(path, run.read_recipe_document(), run.read_results(), run.read_manifest(), run.read_timings())
 
 
 # ------------------------------------------------------------------- statistics
-
-
-def _auc(truth: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC by ranks (Mann-Whitney), ties averaged; nan if one class is absent."""
-    from scipy.stats import rankdata
-
-    positives = int(truth.sum())
-    negatives = len(truth) - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[truth == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def metric_values(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, float]:
-    """Accuracy, balanced accuracy, macro AUC and recall per class index, as
-    :func:`sslmed.evaluation.metrics` computes them (AUC: one-vs-rest, macro)."""
-    predicted = proba.argmax(axis=1)
-    out: dict[str, float] = {"accuracy": float((predicted == y_true).mean())}
-    recalls = []
-    for c in range(n_classes):
-        members = y_true == c
-        recall = float((predicted[members] == c).mean()) if members.any() else float("nan")
-        out[f"recall:{c}"] = recall
-        if members.any():
-            recalls.append(recall)
-    out["balanced_accuracy"] = float(np.mean(recalls)) if recalls else float("nan")
-    if n_classes == 2:
-        out["macro_auc"] = _auc((y_true == 1).astype(int), proba[:, 1])
-    else:
-        aucs = [_auc((y_true == c).astype(int), proba[:, c]) for c in range(n_classes)]
-        out["macro_auc"] = float(np.mean(aucs)) if not any(math.isnan(a) for a in aucs) else float("nan")
-    return out
 
 
 def bootstrap_ci(

@@ -11,9 +11,10 @@ import yaml
 from click.testing import CliRunner
 
 from sslmed.checkpoints import save_backbone, save_tensors
-from sslmed.evaluation import metrics, predictions
+from sslmed.metrics import metrics
 from sslmed.plugins import get_registry
 from sslmed.report import bootstrap_ci, build_report, metric_values, seed_ci
+from sslmed.tasks import MULTICLASS
 
 CLASSES = ["Covid-19", "No_findings", "Pneumonia"]
 COVID3 = {"name": "csv", "path": "covid3", "patient_column": "patient_id", "test_size": 0.2, "val_size": 0.1}
@@ -32,7 +33,7 @@ def row(model: str, probe: str, y: np.ndarray, proba: np.ndarray, fraction: floa
         "label_fraction": fraction,
         "train_images": 100,
         **metrics(y, proba, CLASSES),
-        "test_predictions": predictions(y, proba),
+        "test_predictions": MULTICLASS.predictions(y, proba),
     }
 
 
