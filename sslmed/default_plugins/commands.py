@@ -16,7 +16,7 @@ import click
 
 from sslmed.errors import UsageError
 from sslmed.hookspecs import hookimpl
-from sslmed.registry import KINDS
+from sslmed.registry import KINDS, Nested
 
 KIND_CHOICES = KINDS
 
@@ -153,7 +153,8 @@ def describe_component(component: Any) -> str:
         lines.append("  (none)")
     for name, field in component.args.model_fields.items():
         default = "required" if field.is_required() else f"default {field.default!r}"
-        kind = _type_name(field.annotation)
+        nested = [m for m in field.metadata if isinstance(m, Nested)]
+        kind = f"a {nested[0].kind} spec" if nested else _type_name(field.annotation)
         lines.append(f"  {name} ({kind}, {default})" + (f": {field.description}" if field.description else ""))
     return "\n".join(lines)
 
