@@ -303,7 +303,8 @@ def main() -> None:
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
-        f"load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end; model {model if args.model else 'ResNet-18, 224 px, random weights'}; "
+        f"load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end; model "
+        f"{model if args.model else 'ResNet-18, 224 px, random weights'}; "
         f"server concurrency {args.concurrency}, torch threads per request {threads}"
     )
     print(
@@ -314,7 +315,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['client']} | {r['clients']} | {r['requests']} | {r['ok']} | {r['errors']} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} | {r['per_s']:.1f} |"
+            f"| {r['client']} | {r['clients']} | {r['requests']} | {r['ok']} | {r['errors']} | "
+            f"{r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} | {r['per_s']:.1f} |"
         )
 
 

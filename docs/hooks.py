@@ -160,7 +160,8 @@ def _fields_table(schema: dict[str, Any], anchors: dict[str, str]) -> str:
         default = "*required*" if key in required else f"`{json.dumps(prop.get('default'))}`"
         notes = [prop.get("description", "")] + _constraints(prop)
         rows.append(
-            f"| `{key}` | {_cell(_type(prop, anchors))} | {_cell(default)} | {_cell('; '.join(n for n in notes if n))} |"
+            f"| `{key}` | {_cell(_type(prop, anchors))} | {_cell(default)} | "
+            f"{_cell('; '.join(n for n in notes if n))} |"
         )
     return "\n".join(rows) + "\n"
 

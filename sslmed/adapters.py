@@ -106,7 +106,8 @@ def resolve_split_file(value: str, data_root: Path) -> Path:
         if candidate.is_file():
             return candidate
     raise DataError(
-        f"split file not found: {value} (looked in {', '.join(str(c) for c in candidates)}; write one with `sslmed data split`)"
+        f"split file not found: {value} (looked in {', '.join(str(c) for c in candidates)}; write one with "
+        "`sslmed data split`)"
     )
 
 

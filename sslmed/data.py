@@ -372,7 +372,8 @@ def read_split_file(path: Path) -> dict[str, str]:
         missing = [c for c in ("path", "split") if c not in columns]
         if missing:
             raise DataError(
-                f"{path}: not a split file: missing column(s) {', '.join(missing)} (columns: {', '.join(columns) or 'none'})"
+                f"{path}: not a split file: missing column(s) {', '.join(missing)} (columns: "
+                f"{', '.join(columns) or 'none'})"
             )
         assigned: dict[str, str] = {}
         for line, row in enumerate(reader, start=2):
@@ -448,9 +449,8 @@ def verify_source(source: ImageSource, on_error: OnError = "error", workers: int
             reasons = list(pool.map(check, [p for _, _, p in checks], chunksize=32))
     else:
         reasons = [check(p) for _, _, p in checks]
-    bad = [
-        (split, record, path, reason) for (split, record, path), reason in zip(checks, reasons, strict=False) if reason
-    ]
+    pairs = zip(checks, reasons, strict=False)
+    bad = [(split, record, path, reason) for (split, record, path), reason in pairs if reason]
     return apply_failures(source, bad, on_error)
 
 

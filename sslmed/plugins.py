@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "sslmed"
 DISABLE_ENV = "SSLMED_DISABLE_PLUGINS"
 
 DEFAULT_PLUGINS = (
+    "sslmed.default_plugins.commands",
     "sslmed.default_plugins.augmentations",
     "sslmed.default_plugins.backbones",
     "sslmed.default_plugins.datasets",

@@ -59,7 +59,8 @@ class CsvArgs(SplitArgs):
     csv: str = Field("labels.csv", description="the CSV file, relative to path")
     images: str | None = Field(
         None,
-        description="folder the path column is relative to, under path (default: images/ if it exists, else path itself)",
+        description="folder the path column is relative to, under path (default: images/ if it exists, else "
+        "path itself)",
     )
     path_column: str = Field("path", description="column with each image's path")
     label_column: str | None = Field("label", description="column with each image's class; null for unlabelled images")
@@ -120,7 +121,8 @@ def build_csv(args: CsvArgs, *, data_root: Path, **_context: Any) -> ImageSource
     )
     if not image_dir.is_dir():
         raise DataError(
-            f"{table}: image folder {image_dir} not found (set images: to the folder the {args.path_column!r} column is relative to)"
+            f"{table}: image folder {image_dir} not found (set images: to the folder the "
+            f"{args.path_column!r} column is relative to)"
         )
     columns, rows = read_csv_rows(table)
     wanted = [c for c in (args.path_column, args.label_column, args.patient_column, args.split_column) if c]

@@ -52,7 +52,8 @@ class MdreArgs(BaseModel):
     )
     fill: Literal["zero", "mean", "noise"] = Field(
         "zero",
-        description="zero (the dataset mean after normalisation), mean (the view's own mean per channel) or noise (standard normal)",
+        description="zero (the dataset mean after normalisation), mean (the view's own mean per channel) or "
+        "noise (standard normal)",
     )
     seed: int | None = Field(None, description="seed of the erasing's own random generator (None: torch's global one)")
 
