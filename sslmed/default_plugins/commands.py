@@ -73,7 +73,7 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: str | None, runs_dir: 
 @click.option("--no-data", is_flag=True, help="Check the recipe only, not that its data exists.")
 def validate(recipe: Path, overrides: tuple[str, ...], no_data: bool) -> None:
     """Check RECIPE completely (keys, components, arguments, references, data); run nothing."""
-    from sslmed.runner import build_sources, load_recipe_file
+    from sslmed.prepare import build_sources, load_recipe_file
 
     loaded, registry = load_recipe_file(recipe, overrides)
     if not no_data:
@@ -183,7 +183,7 @@ def info(component: str, kind: str | None) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 def eval_command(run_dir: Path) -> None:
     """Re-run the evaluation of a finished run in RUN_DIR and print the table."""
-    from sslmed.runner import evaluate_run
+    from sslmed.results import evaluate_run
 
     result = evaluate_run(run_dir)
     click.echo(result.table)

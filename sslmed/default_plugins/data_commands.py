@@ -107,7 +107,7 @@ def build_source(
 
     registry = get_registry()
     if recipe is not None:
-        from sslmed.runner import load_recipe_file
+        from sslmed.prepare import load_recipe_file
 
         loaded, registry = load_recipe_file(recipe)
         if alias is None:
