@@ -1,0 +1,161 @@
+"""``sslmed data fetch``: obtain catalogue datasets from their public origins.
+
+For each dataset: download its files into ``<data root>/.downloads/`` (resuming, with
+checksums, :mod:`sslmed.fetch.download`), prepare them into a temporary folder beside
+the destination (:mod:`sslmed.fetch.prepare`), write the completeness marker last, and
+rename the folder into place. A fetch that stops half-way (network, full disk, a
+wrong archive) leaves no dataset folder behind: either the whole prepared dataset is
+there, with its marker, or nothing is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sslmed import __version__
+from sslmed.catalog import CATALOG, DOWNLOADS, MARKER, CatalogEntry, Download, dataset_dir, is_present
+from sslmed.errors import DataError
+from sslmed.fetch.download import download
+from sslmed.fetch.prepare import PREPARATIONS, remove_duplicates, write_bytes, write_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FetchResult:
+    """What one dataset's fetch did: ``status`` is ``fetched`` or ``present`` (left as it was)."""
+
+    name: str
+    status: str
+    path: Path
+    images: int | None = None
+    removed: int = 0
+
+
+def _local_file(item: Download, root: Path, search: Sequence[Path]) -> Path | None:
+    for folder in [root / DOWNLOADS, *search]:
+        candidate = Path(folder) / item.filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def obtain(item: Download, root: Path, *, search: Sequence[Path] = (), quiet: bool = False, retries: int = 3) -> Path:
+    """The local path of one download: a file the user put in place, or a fresh download.
+
+    Files that need an account are never downloaded: without them the error says where
+    to get them and where to put them.
+    """
+    if item.manual:
+        found = _local_file(item, root, search)
+        if found is None:
+            raise DataError(
+                f"{item.filename} must be downloaded by hand: {item.manual}; save it as "
+                f"{root / DOWNLOADS / item.filename} (or pass --from FOLDER) and run the fetch again"
+            )
+        return found
+    return download(item, root / DOWNLOADS, quiet=quiet, retries=retries)
+
+
+def _record(entry: CatalogEntry, files: Mapping[str, Path], counts: dict[str, Any]) -> dict[str, Any]:
+    from sslmed.fetch.download import file_digest
+
+    return {
+        "dataset": entry.name,
+        "origin": "fetched by sslmed data fetch",
+        "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sslmed": __version__,
+        "source": entry.source,
+        "licence": entry.licence,
+        "citation": entry.citation,
+        "files": [
+            {
+                "url": item.url,
+                "filename": item.filename,
+                "sha256": file_digest(files[item.key], "sha256"),
+                "pinned": item.pinned,
+                **({"md5": item.md5} if item.md5 else {}),
+            }
+            for item in entry.downloads
+        ],
+        **counts,
+    }
+
+
+def prepare_dataset(entry: CatalogEntry, files: Mapping[str, Path], root: Path) -> FetchResult:
+    """Prepare ``entry`` from its downloaded ``files`` and move it into ``root`` atomically."""
+    destination = dataset_dir(entry.name, root)
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.partial-", dir=root))
+    try:
+        try:
+            prepared = PREPARATIONS[entry.name](entry, dict(files), work)
+            counts: dict[str, Any] = {}
+            if prepared is not None:
+                from sslmed.catalog import earlier
+
+                remove_duplicates(work, prepared, earlier(entry.name), root)
+                write_labels(work, prepared)
+                classes: dict[str, int] = {}
+                for row in prepared.rows:
+                    classes[row.get("label") or "(unlabelled)"] = classes.get(row.get("label") or "(unlabelled)", 0) + 1
+                counts = {"images": len(prepared.rows), "classes": classes, "duplicates_removed": prepared.removed}
+            import json
+
+            write_bytes(work / MARKER, (json.dumps(_record(entry, files, counts), indent=2) + "\n").encode())
+        except OSError as exc:  # anything the preparation did not already turn into a DataError
+            raise DataError(f"{entry.name}: preparing failed: {exc.strerror or exc}") from None
+        old = None
+        if destination.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{entry.name}.old-", dir=root))
+            os.replace(destination, old / entry.name)
+        os.replace(work, destination)  # the one step that makes the dataset appear, complete
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return FetchResult(
+        entry.name, "fetched", destination, counts.get("images"), len(counts.get("duplicates_removed", []))
+    )
+
+
+def fetch_dataset(
+    name: str,
+    root: Path,
+    *,
+    force: bool = False,
+    search: Sequence[Path] = (),
+    quiet: bool = False,
+    retries: int = 3,
+    catalog: Mapping[str, CatalogEntry] | None = None,
+) -> FetchResult:
+    """Fetch one catalogue dataset into ``root`` (a no-op when it is already there, unless ``force``)."""
+    entry = (catalog or CATALOG)[name]
+    root = Path(root)
+    if is_present(name, root) and not force:
+        return FetchResult(name, "present", dataset_dir(name, root))
+    files = {item.key: obtain(item, root, search=search, quiet=quiet, retries=retries) for item in entry.downloads}
+    return prepare_dataset(entry, files, root)
+
+
+def clean_partials(root: Path, name: str) -> list[Path]:
+    """Remove the temporary folders of ``name`` that a killed fetch left in ``root``."""
+    removed = []
+    if Path(root).is_dir():
+        for folder in Path(root).glob(f".{name}.*-*"):
+            if folder.is_dir() and (".partial-" in folder.name or ".old-" in folder.name):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
+__all__ = ["FetchResult", "clean_partials", "fetch_dataset", "obtain", "prepare_dataset", "write_bytes"]
