@@ -325,3 +325,37 @@ def datasets_for_recipe(recipe: Any) -> list[str]:
 def missing_datasets(recipe: Any, root: Path) -> list[str]:
     """The catalogue datasets a recipe needs that ``root`` does not hold."""
     return [name for name in datasets_for_recipe(recipe) if not is_present(name, root)]
+
+
+def _default_root() -> Path:
+    from sslmed.data import resolve_data_root
+
+    return resolve_data_root()
+
+
+def fetch_hint(recipe: Any, root: Path) -> str | None:
+    """The message for a recipe whose catalogue datasets are missing from ``root``: which
+    ones, and the one command that fetches them (``None`` when none is missing)."""
+    missing = missing_datasets(recipe, root)
+    if not missing:
+        return None
+    same = Path(root).resolve() == _default_root().resolve()
+    command = "sslmed data fetch " + " ".join(missing) + ("" if same else f" --root {root}")
+    return (
+        f"dataset(s) {', '.join(missing)} not in the data root {root}: fetch them with `{command}` "
+        "(`sslmed data list` shows the catalogue)"
+    )
+
+
+def data_copies(recipe: Any) -> dict[str, Any]:
+    """For a run manifest: the data root and, for each catalogue dataset the recipe reads,
+    which copy it is (the fetch record: origin, date, file checksums; or a note that the
+    copy was not fetched by sslmed)."""
+    root = Path(recipe.data_root) if recipe.data_root else _default_root()
+    copies = {}
+    for name in datasets_for_recipe(recipe):
+        record = provenance(name, root)
+        if isinstance(record.get("duplicates_removed"), list):
+            record["duplicates_removed"] = len(record["duplicates_removed"])
+        copies[name] = record
+    return {"data_root": str(root), "datasets": copies}

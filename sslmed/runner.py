@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from sslmed import __version__
+from sslmed.catalog import data_copies, fetch_hint
 from sslmed.checkpoints import (
     atomic_write_json,
     atomic_write_text,
@@ -85,6 +86,9 @@ def build_sources(recipe: Recipe, registry: Registry, only: set[str] | None = No
         except DataError as exc:
             problems.append(f"data.{alias} ({spec.name}): {exc}")
     if problems:
+        hint = fetch_hint(recipe, root)
+        if hint:
+            problems = [hint] + problems
         raise DataError("; ".join(problems) if len(problems) == 1 else "data problems:\n  " + "\n  ".join(problems))
     for step in recipe.steps:
         if step.data in sources:
@@ -138,6 +142,7 @@ def manifest(recipe: Recipe, sources: dict[str, ImageSource]) -> dict[str, Any]:
         "packages": _versions(),
         "plugins": [{"name": p.name, "version": p.version} for p in plugin_infos() if not p.error],
         "data": {alias: {"fingerprint": s.fingerprint(), **s.summary()} for alias, s in sources.items()},
+        "data_copies": data_copies(recipe),
         "seeds": {s.name: s.seed for s in recipe.steps},
     }
 
