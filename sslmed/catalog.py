@@ -111,17 +111,19 @@ DARKCOVIDNET_ZIP = Download(
     url=f"https://github.com/muhammedtalo/COVID-19/archive/{DARKCOVIDNET_COMMIT}.zip",
     filename=f"muhammedtalo-COVID-19-{DARKCOVIDNET_COMMIT[:12]}.zip",
 )
-HANNOVER_COMMIT = "4025ea15f2987f03cf368a893f37121b7a43bd87"
+# The Hannover and COVID-CXNet repositories grew after the commits this project's code index
+# holds (e.g. its Hannover data.csv lists about 200 of the 243 images of ../shared/data), so
+# their current default branch (GitHub's HEAD archive) is fetched; the commit that arrived is
+# read from the archive (git writes it into the zip comment) and kept in the fetch record.
 HANNOVER_ZIP = Download(
     key="hannover.zip",
-    url=f"https://github.com/ml-workgroup/covid-19-image-repository/archive/{HANNOVER_COMMIT}.zip",
-    filename=f"ml-workgroup-covid-19-image-repository-{HANNOVER_COMMIT[:12]}.zip",
+    url="https://github.com/ml-workgroup/covid-19-image-repository/archive/HEAD.zip",
+    filename="ml-workgroup-covid-19-image-repository-HEAD.zip",
 )
-CXNET_COMMIT = "e2fabd334940448a95eadc12d79558d51c0a3a0c"
 CXNET_ZIP = Download(
     key="cxnet.zip",
-    url=f"https://github.com/armiro/COVID-CXNet/archive/{CXNET_COMMIT}.zip",
-    filename=f"armiro-COVID-CXNet-{CXNET_COMMIT[:12]}.zip",
+    url="https://github.com/armiro/COVID-CXNet/archive/HEAD.zip",
+    filename="armiro-COVID-CXNet-HEAD.zip",
 )
 # Kermany et al.'s own release on Mendeley Data (v2, public, no account); Mendeley
 # publishes no checksum for it.
@@ -180,7 +182,8 @@ _ENTRIES = (
         source="https://github.com/ml-workgroup/covid-19-image-repository",
         downloads=(HANNOVER_ZIP,),
         size_mb=11.0,
-        note=f"repository archive at commit {HANNOVER_COMMIT[:12]} (checksum unpinned: structure checked)",
+        note="repository archive of the default branch (commit not pinned: recorded at fetch; checksum unpinned: "
+        "structure checked)",
     ),
     CatalogEntry(
         name="covid_extra_cxnet",
@@ -192,8 +195,8 @@ _ENTRIES = (
         source="https://github.com/armiro/COVID-CXNet",
         downloads=(CXNET_ZIP,),
         size_mb=29.0,
-        note=f"repository archive at commit {CXNET_COMMIT[:12]} (checksum unpinned: structure checked); "
-        "patient_id from metadata.csv where listed, pediatric_flag = age under 18 there",
+        note="repository archive of the default branch (commit not pinned: recorded at fetch; checksum unpinned: "
+        "structure checked); patient_id from metadata.csv where listed, pediatric_flag = age under 18 there",
     ),
     CatalogEntry(
         name="cxr_corpus",

@@ -395,3 +395,130 @@ def test_manifest_says_which_copy_a_run_used(server, tmp_path: Path) -> None:
     assert copies["datasets"]["pneumoniamnist"]["origin"] == "fetched by sslmed data fetch"
     assert copies["datasets"]["pneumoniamnist"]["files"][0]["url"].startswith(base)
     assert copies["datasets"]["covid3"]["origin"] == "not fetched by sslmed (no fetch record)"
+
+
+# ------------------------------------------- the other origins, on real subsets
+
+
+def _subset(name: str, per_group: int, group) -> list[dict[str, str]]:
+    """The first ``per_group`` rows of each group of the shared labels.csv (its order kept)."""
+    taken: dict[str, int] = {}
+    rows = []
+    for row in _rows(name):
+        key = group(row)
+        if taken.get(key, 0) < per_group:
+            taken[key] = taken.get(key, 0) + 1
+            rows.append(row)
+    return rows
+
+
+def _labels(rows: list[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def test_kermany_from_its_release_layout(server, tmp_path: Path) -> None:
+    """ChestXRay2017.zip's layout (chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}): file names give
+    patient and pneumonia type; val is left out."""
+    served, base = server
+    rows = _subset("kermany", 6, lambda r: f"{r['split']}/{r['label']}/{r['pneumonia_type']}")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for row in rows:
+            archive.write(DATA / "kermany" / "images" / row["path"], f"chest_xray/{row['path']}")
+        archive.write(DATA / "kermany" / "images" / rows[0]["path"], "chest_xray/val/NORMAL/NORMAL2-IM-1427-0001.jpeg")
+        archive.writestr("__MACOSX/chest_xray/._train", b"resource fork")
+    root = tmp_path / "data"
+    result = fetch_dataset("kermany", root, quiet=True, catalog=serve(served, base, "kermany", buffer.getvalue()))
+    assert result.images == len(rows) and result.removed == 0
+    assert (root / "kermany" / "labels.csv").read_text() == _labels(rows)
+
+
+def test_cxr_corpus_needs_the_kaggle_file_and_then_prepares_it(server, tmp_path: Path) -> None:
+    """The radiography part comes from a file downloaded by hand (Kaggle); MedNIST's CXR class downloads."""
+    served, base = server
+    rows = _subset("cxr_corpus", 5, lambda r: r["path"].split("/")[1] if r["source"] != "mednist_nih" else "mednist")
+    mednist = io.BytesIO()
+    with tarfile.open(fileobj=mednist, mode="w:gz") as archive:
+        for row in rows:
+            if row["source"] == "mednist_nih":
+                archive.add(DATA / "cxr_corpus" / "images" / row["path"], f"MedNIST/CXR/{Path(row['path']).name}")
+    entry = CATALOG["cxr_corpus"]
+    radiography, mednist_item = entry.downloads
+    served.files["/MedNIST.tar.gz"] = mednist.getvalue()
+    catalog_ = {
+        **CATALOG,
+        "cxr_corpus": replace(
+            entry, downloads=(radiography, replace(mednist_item, url=base + "/MedNIST.tar.gz", md5=None))
+        ),
+    }
+    root = tmp_path / "data"
+    with pytest.raises(DataError, match=r"must be downloaded by hand: .*kaggle\.com/datasets/tawsifurrahman"):
+        fetch_dataset("cxr_corpus", root, quiet=True, catalog=catalog_)
+    assert not (root / "cxr_corpus").exists() and not served.requests  # nothing downloaded before it is all there
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    with zipfile.ZipFile(kaggle / radiography.filename, "w") as archive:  # the database's own layout
+        for row in rows:
+            if row["source"] != "mednist_nih":
+                label, name = row["label"], Path(row["path"]).stem
+                archive.write(
+                    DATA / "cxr_corpus" / "images" / row["path"],
+                    f"COVID-19_Radiography_Dataset/{label}/images/{name}.png",
+                )
+        archive.writestr(f"COVID-19_Radiography_Dataset/COVID/masks/{name}.png", b"a lung mask, not an image to keep")
+        archive.writestr("COVID-19_Radiography_Dataset/Lung_Opacity/images/Lung_Opacity-1.png", b"not taken")
+    result = fetch_dataset("cxr_corpus", root, quiet=True, search=[kaggle], catalog=catalog_)
+    assert result.images == len(rows)
+    assert (root / "cxr_corpus" / "labels.csv").read_text() == _labels(rows)
+
+
+def test_cxnet_from_its_repository_layout(server, tmp_path: Path) -> None:
+    """COVID-CXNet's chest_xray_images/covid19/ (mixed formats) and metadata.csv (patient, age)."""
+    served, base = server
+    rows = [r for r in _rows("covid_extra_cxnet") if r["patient_id"]][:6] + _rows("covid_extra_cxnet")[:4]
+    rows = sorted({r["path"]: r for r in rows}.values(), key=lambda r: r["path"])
+    rows += [r for r in _rows("covid_extra_cxnet") if r["pediatric_flag"] == "1"][:2]
+    rows = sorted({r["path"]: r for r in rows}.values(), key=lambda r: r["path"])
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["filename", "patient_id", "sex", "age", "label"])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i, row in enumerate(rows):
+            stem = Path(row["path"]).stem
+            source = DATA / "covid_extra_cxnet" / "images" / row["path"]
+            if i % 2:  # as in the repository: JPEGs among the PNGs, converted on the way
+                jpeg = io.BytesIO()
+                from PIL import Image
+
+                Image.open(source).convert("RGB").save(jpeg, format="JPEG", quality=95)
+                archive.writestr(f"COVID-CXNet-master/chest_xray_images/covid19/{stem}.jpg", jpeg.getvalue())
+            else:
+                archive.write(source, f"COVID-CXNet-master/chest_xray_images/covid19/{stem}.png")
+            if row["patient_id"]:
+                age = "9" if row["pediatric_flag"] == "1" else "54"
+                writer.writerow([f"{stem}.jpg", row["patient_id"], "male", age, "COVID-19"])
+        archive.writestr("COVID-CXNet-master/metadata.csv", table.getvalue())
+        archive.comment = b"0123456789abcdef0123456789abcdef01234567"
+    root = tmp_path / "data"
+    catalog_ = serve(served, base, "covid_extra_cxnet", buffer.getvalue(), pin=False)
+    result = fetch_dataset("covid_extra_cxnet", root, quiet=True, catalog=catalog_)
+    assert result.images == len(rows)
+    assert (root / "covid_extra_cxnet" / "labels.csv").read_text() == _labels(rows)
+    record = json.loads((root / "covid_extra_cxnet" / MARKER).read_text())
+    assert record["files"][0]["commit"] == "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_a_wrong_archive_is_named_and_leaves_nothing(server, tmp_path: Path) -> None:
+    served, base = server
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("something-else/README.md", "not the DarkCovidNet repository")
+    root = tmp_path / "data"
+    with pytest.raises(DataError, match=r"no images in class folder\(s\) Covid-19, No_findings, Pneumonia"):
+        fetch_dataset("covid3", root, quiet=True, catalog=serve(served, base, "covid3", buffer.getvalue(), pin=False))
+    assert sorted(p.name for p in root.iterdir()) == [".downloads"]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,6 +67,16 @@ def obtain(item: Download, root: Path, *, search: Sequence[Path] = (), quiet: bo
     return download(item, root / DOWNLOADS, quiet=quiet, retries=retries)
 
 
+def archive_commit(path: Path) -> str | None:
+    """The commit a GitHub repository archive was made from (git writes it into the zip comment)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            comment = archive.comment.decode("ascii", "replace").strip()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    return comment if re.fullmatch(r"[0-9a-f]{40}", comment) else None
+
+
 def _record(entry: CatalogEntry, files: Mapping[str, Path], counts: dict[str, Any]) -> dict[str, Any]:
     from sslmed.fetch.download import file_digest
 
@@ -83,6 +95,7 @@ def _record(entry: CatalogEntry, files: Mapping[str, Path], counts: dict[str, An
                 "sha256": file_digest(files[item.key], "sha256"),
                 "pinned": item.pinned,
                 **({"md5": item.md5} if item.md5 else {}),
+                **({"commit": commit} if (commit := archive_commit(files[item.key])) else {}),
             }
             for item in entry.downloads
         ],
