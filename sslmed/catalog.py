@@ -16,11 +16,15 @@ that duplicates one of a dataset listed before it (the first set keeps its copy)
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from sslmed.errors import UsageError
 
@@ -350,15 +354,41 @@ def fetch_hint(recipe: Any, root: Path) -> str | None:
     )
 
 
+def content_digest(name: str, root: Path) -> str | None:
+    """A short SHA-256 of what the copy of ``name`` under ``root`` holds: the rows of
+    ``labels.csv`` and the bytes of every image it lists (for the ``.npz`` layout: every array). Two copies
+    with the same digest are the same data, wherever each came from."""
+    folder = dataset_dir(name, root)
+    digest = hashlib.sha256()
+    try:
+        if CATALOG[name].layout == "npz":
+            with np.load(folder / f"{name}.npz", allow_pickle=False) as arrays:
+                for key in sorted(arrays.files):
+                    digest.update(key.encode() + b"\0" + np.ascontiguousarray(arrays[key]).tobytes())
+        else:
+            with open(folder / "labels.csv", newline="", encoding="utf-8-sig") as handle:
+                reader = csv.reader(handle)  # rows, not bytes: line endings do not matter
+                header = next(reader)
+                digest.update(json.dumps(header).encode())
+                for values in reader:
+                    digest.update(json.dumps(values).encode())
+                    path = folder / "images" / values[header.index("path")]
+                    digest.update(hashlib.md5(path.read_bytes()).digest())
+    except (OSError, ValueError, KeyError, StopIteration):
+        return None  # incomplete or unreadable: the dataset adapters report what is wrong
+    return digest.hexdigest()[:16]
+
+
 def data_copies(recipe: Any) -> dict[str, Any]:
     """For a run manifest: the data root and, for each catalogue dataset the recipe reads,
     which copy it is (the fetch record: origin, date, file checksums; or a note that the
-    copy was not fetched by sslmed)."""
+    copy was not fetched by sslmed) and its :func:`content_digest`."""
     root = Path(recipe.data_root) if recipe.data_root else _default_root()
     copies = {}
     for name in datasets_for_recipe(recipe):
         record = provenance(name, root)
         if isinstance(record.get("duplicates_removed"), list):
             record["duplicates_removed"] = len(record["duplicates_removed"])
+        record["content"] = content_digest(name, root)
         copies[name] = record
     return {"data_root": str(root), "datasets": copies}

@@ -189,6 +189,7 @@ def test_fetched_hannover_is_the_shared_data(server, tmp_path: Path) -> None:
     fetched, shared = build("covid_extra_hannover", spec, root), build("covid_extra_hannover", spec, DATA)
     assert fetched.summary() == shared.summary()  # image count, classes, splits, patients
     assert fetched.fingerprint() == shared.fingerprint()
+    assert catalog.content_digest("covid_extra_hannover", root) == catalog.content_digest("covid_extra_hannover", DATA)
     record = json.loads((folder / MARKER).read_text())
     assert record["files"][0]["url"].startswith("http://127.0.0.1:")
     assert record["files"][0]["md5"] == hashlib.md5(served.files["/" + record["files"][0]["filename"]]).hexdigest()
@@ -395,6 +396,9 @@ def test_manifest_says_which_copy_a_run_used(server, tmp_path: Path) -> None:
     assert copies["datasets"]["pneumoniamnist"]["origin"] == "fetched by sslmed data fetch"
     assert copies["datasets"]["pneumoniamnist"]["files"][0]["url"].startswith(base)
     assert copies["datasets"]["covid3"]["origin"] == "not fetched by sslmed (no fetch record)"
+    # the same bytes, wherever they came from: the fetched PneumoniaMNIST is the shared one
+    assert copies["datasets"]["pneumoniamnist"]["content"] == catalog.content_digest("pneumoniamnist", DATA)
+    assert copies["datasets"]["covid3"]["content"] != copies["datasets"]["pneumoniamnist"]["content"]
 
 
 # ------------------------------------------- the other origins, on real subsets

@@ -10,12 +10,14 @@ there, with its marker, or nothing is.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
 import zipfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from sslmed import __version__
-from sslmed.catalog import CATALOG, DOWNLOADS, MARKER, CatalogEntry, Download, dataset_dir, is_present
+from sslmed.catalog import CATALOG, DOWNLOADS, MARKER, CatalogEntry, Download, dataset_dir, earlier, is_present
 from sslmed.errors import DataError
-from sslmed.fetch.download import download
+from sslmed.fetch.download import download, file_digest
 from sslmed.fetch.prepare import PREPARATIONS, remove_duplicates, write_bytes, write_labels
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,6 @@ def archive_commit(path: Path) -> str | None:
 
 
 def _record(entry: CatalogEntry, files: Mapping[str, Path], counts: dict[str, Any]) -> dict[str, Any]:
-    from sslmed.fetch.download import file_digest
-
     return {
         "dataset": entry.name,
         "origin": "fetched by sslmed data fetch",
@@ -106,23 +106,25 @@ def _record(entry: CatalogEntry, files: Mapping[str, Path], counts: dict[str, An
 def prepare_dataset(entry: CatalogEntry, files: Mapping[str, Path], root: Path) -> FetchResult:
     """Prepare ``entry`` from its downloaded ``files`` and move it into ``root`` atomically."""
     destination = dataset_dir(entry.name, root)
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.partial-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.partial-", dir=root))
+    except OSError as exc:
+        raise DataError(f"cannot write in the data root {root}: {exc.strerror or exc}") from None
     try:
         try:
             prepared = PREPARATIONS[entry.name](entry, dict(files), work)
             counts: dict[str, Any] = {}
             if prepared is not None:
-                from sslmed.catalog import earlier
-
                 remove_duplicates(work, prepared, earlier(entry.name), root)
                 write_labels(work, prepared)
-                classes: dict[str, int] = {}
-                for row in prepared.rows:
-                    classes[row.get("label") or "(unlabelled)"] = classes.get(row.get("label") or "(unlabelled)", 0) + 1
-                counts = {"images": len(prepared.rows), "classes": classes, "duplicates_removed": prepared.removed}
-            import json
-
+                classes = Counter(row.get("label") or "(unlabelled)" for row in prepared.rows)
+                counts = {
+                    "images": len(prepared.rows),
+                    "classes": dict(classes),
+                    "duplicates_removed": prepared.removed,
+                }
+            # written last: a folder with this record is a complete dataset
             write_bytes(work / MARKER, (json.dumps(_record(entry, files, counts), indent=2) + "\n").encode())
         except OSError as exc:  # anything the preparation did not already turn into a DataError
             raise DataError(f"{entry.name}: preparing failed: {exc.strerror or exc}") from None

@@ -62,7 +62,7 @@ def verify_checksum(path: Path, item: Download) -> dict[str, str]:
     return found
 
 
-def no_space(path: Path, exc: OSError) -> DataError:
+def no_space(path: Path) -> DataError:
     """The error for a full disk while writing ``path``."""
     return DataError(f"no space left on the device while writing {path}: free some space and run the fetch again")
 
@@ -106,7 +106,7 @@ def _attempt(item: Download, part: Path, timeout: float, quiet: bool) -> None:
                     out.write(block)
                 except OSError as exc:
                     if exc.errno == errno.ENOSPC:
-                        raise no_space(part, exc) from None
+                        raise no_space(part) from None
                     raise
                 received += len(block)
                 bar.update(len(block))

@@ -36,6 +36,7 @@ from PIL import Image
 from sslmed.catalog import CATALOG, MARKER, CatalogEntry, is_present
 from sslmed.default_plugins.data_commands import average_hash
 from sslmed.errors import DataError
+from sslmed.fetch.download import no_space
 from sslmed.imaging import load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".webp"}
@@ -56,9 +57,7 @@ def write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise DataError(
-                f"no space left on the device while writing {path}: free some space and run the fetch again"
-            ) from None
+            raise no_space(path) from None
         raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
@@ -94,7 +93,7 @@ def prepared_image(
     try:
         with Image.open(io.BytesIO(data)) as raw:
             raw_format, raw_mode, raw_size = raw.format, raw.mode, raw.size
-    except Exception:
+    except (OSError, ValueError, Image.DecompressionBombError):  # load_image below says what is wrong
         raw_format = raw_mode = None
         raw_size = (0, 0)
     image = load_image(buffer, "L")  # ImageLoadError names the member
@@ -287,8 +286,8 @@ def prepare_pneumoniamnist(entry: CatalogEntry, files: Files, out: Path) -> Prep
         shutil.copyfile(source, out / f"{entry.name}.npz")
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise DataError(f"no space left on the device while writing {out / entry.name}.npz") from None
-        raise
+            raise no_space(out / f"{entry.name}.npz") from None
+        raise DataError(f"cannot write {out / entry.name}.npz: {exc.strerror or exc}") from None
     return None
 
 
