@@ -158,7 +158,9 @@ def fetch_dataset(
     root = Path(root)
     if is_present(name, root) and not force:
         return FetchResult(name, "present", dataset_dir(name, root))
-    files = {item.key: obtain(item, root, search=search, quiet=quiet, retries=retries) for item in entry.downloads}
+    # files downloaded by hand first: nothing is downloaded while one of them is missing
+    items = sorted(entry.downloads, key=lambda item: item.manual is None)
+    files = {item.key: obtain(item, root, search=search, quiet=quiet, retries=retries) for item in items}
     return prepare_dataset(entry, files, root)
 
 
