@@ -8,23 +8,31 @@ host; a patched write stands for a full disk.
 
 from __future__ import annotations
 
-import csv
 import errno
 import hashlib
 import io
 import json
-import os
-import socket
-import tarfile
-import threading
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fetch_support import (
+    DATA,
+    closed_port,
+    covid3_zip,
+    cxnet_zip,
+    hannover_zip,
+    kermany_zip,
+    labels_text,
+    link_shared,
+    loopback_server,
+    mednist_tar,
+    radiography_zip,
+    serve,
+    shared_rows,
+)
 
 from sslmed import catalog
 from sslmed.catalog import CATALOG, MARKER
@@ -33,136 +41,17 @@ from sslmed.errors import DataError
 from sslmed.fetch import fetch_dataset
 from sslmed.plugins import extend_cli, get_registry
 
-DATA = Path(os.environ.get("SSLMED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 pytestmark = pytest.mark.skipif(
     not (DATA / "covid_extra_hannover" / "labels.csv").is_file(),
     reason=f"real data not found at {DATA} (see ../shared/data/README.md)",
 )
 
 
-# ------------------------------------------------------------- loopback server
-
-
-@dataclass
-class Served:
-    """What the loopback server serves and what it saw."""
-
-    files: dict[str, bytes] = field(default_factory=dict)
-    drop_once: set[str] = field(default_factory=set)  # paths whose first full response stops half-way
-    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
-
-
-def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:  # quiet
-            pass
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            path = self.path.split("?")[0]
-            served.requests.append((path, self.headers.get("Range")))
-            body = served.files.get(path)
-            if body is None:
-                self.send_error(404)
-                return
-            start = 0
-            if self.headers.get("Range", "").startswith("bytes="):
-                start = int(self.headers["Range"][6:].split("-")[0])
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            else:
-                self.send_response(200)
-            self.send_header("Content-Length", str(len(body) - start))
-            self.end_headers()
-            if start == 0 and path in served.drop_once:
-                served.drop_once.discard(path)
-                self.wfile.write(body[: len(body) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                return  # the connection closes with half the promised bytes sent
-            self.wfile.write(body[start:])
-
-    return Handler
-
-
 @pytest.fixture
-def server() -> Iterator[tuple[Served, str]]:
-    served = Served()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(served))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]  # closed again when the block ends: nothing listens there
-
-
-# ------------------------------------------- archives in each origin's layout
-
-
-def _rows(name: str) -> list[dict[str, str]]:
-    with open(DATA / name / "labels.csv", newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def hannover_zip() -> bytes:
-    """The covid-19-image-repository layout: data.csv + png/<image_id>.png, under a GitHub top folder."""
-    top = "covid-19-image-repository-4025ea15f2987f03cf368a893f37121b7a43bd87"
-    rows = _rows("covid_extra_hannover")
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["patient_id", "image_id", "sex", "modality", "projection"])
-    for row in rows:
-        writer.writerow([row["patient_id"], Path(row["path"]).stem, "m", row["modality"], row["projection"]])
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(f"{top}/data.csv", table.getvalue())
-        archive.writestr(f"{top}/README.md", "COVID-19 image repository\n")
-        for row in rows:
-            archive.write(DATA / "covid_extra_hannover" / "images" / row["path"], f"{top}/png/{row['path']}")
-    return buffer.getvalue()
-
-
-def mednist_tar() -> bytes:
-    """MedNIST.tar.gz's layout (MedNIST/<Class>/<NNNNNN>.jpeg) with the not_cxr images."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for row in _rows("not_cxr"):
-            archive.add(DATA / "not_cxr" / "images" / row["path"], f"MedNIST/{row['path']}")
-    return buffer.getvalue()
-
-
-def covid3_zip() -> bytes:
-    """The DarkCovidNet repository's layout: Dataset/<Class>/<file>, under a GitHub top folder."""
-    top = "COVID-19-da7714c5dded0bd56bfb9f12dae6cd11bf802025"
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for row in _rows("covid3"):
-            archive.write(DATA / "covid3" / "images" / row["path"], f"{top}/Dataset/{row['path']}")
-    return buffer.getvalue()
-
-
-def serve(served: Served, base: str, name: str, body: bytes, *, pin: bool = True) -> dict[str, catalog.CatalogEntry]:
-    """A catalogue whose entry ``name`` downloads ``body`` from the loopback server."""
-    entry = CATALOG[name]
-    item = entry.downloads[0]
-    path = f"/{item.filename}"
-    served.files[path] = body
-    md5 = hashlib.md5(body).hexdigest() if pin else None
-    return {**CATALOG, name: replace(entry, downloads=(replace(item, url=base + path, md5=md5),))}
-
-
-def link_shared(root: Path, *names: str) -> None:
-    """Put the shared copies of ``names`` into ``root`` (the sets a fetch de-duplicates against)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (root / name).symlink_to(DATA / name, target_is_directory=True)
+def server():
+    """A loopback HTTP server: ``(served, base_url)``."""
+    with loopback_server() as running:
+        yield running
 
 
 def build(name: str, spec: dict, root: Path):
@@ -408,7 +297,7 @@ def _subset(name: str, per_group: int, group) -> list[dict[str, str]]:
     """The first ``per_group`` rows of each group of the shared labels.csv (its order kept)."""
     taken: dict[str, int] = {}
     rows = []
-    for row in _rows(name):
+    for row in shared_rows(name):
         key = group(row)
         if taken.get(key, 0) < per_group:
             taken[key] = taken.get(key, 0) + 1
@@ -416,105 +305,52 @@ def _subset(name: str, per_group: int, group) -> list[dict[str, str]]:
     return rows
 
 
-def _labels(rows: list[dict[str, str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def test_kermany_from_its_release_layout(server, tmp_path: Path) -> None:
     """ChestXRay2017.zip's layout (chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}): file names give
     patient and pneumonia type; val is left out."""
     served, base = server
     rows = _subset("kermany", 6, lambda r: f"{r['split']}/{r['label']}/{r['pneumonia_type']}")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for row in rows:
-            archive.write(DATA / "kermany" / "images" / row["path"], f"chest_xray/{row['path']}")
-        archive.write(DATA / "kermany" / "images" / rows[0]["path"], "chest_xray/val/NORMAL/NORMAL2-IM-1427-0001.jpeg")
-        archive.writestr("__MACOSX/chest_xray/._train", b"resource fork")
     root = tmp_path / "data"
-    result = fetch_dataset("kermany", root, quiet=True, catalog=serve(served, base, "kermany", buffer.getvalue()))
+    result = fetch_dataset("kermany", root, quiet=True, catalog=serve(served, base, "kermany", kermany_zip(rows)))
     assert result.images == len(rows) and result.removed == 0
-    assert (root / "kermany" / "labels.csv").read_text() == _labels(rows)
+    assert (root / "kermany" / "labels.csv").read_text() == labels_text(rows)
 
 
 def test_cxr_corpus_needs_the_kaggle_file_and_then_prepares_it(server, tmp_path: Path) -> None:
     """The radiography part comes from a file downloaded by hand (Kaggle); MedNIST's CXR class downloads."""
     served, base = server
     rows = _subset("cxr_corpus", 5, lambda r: r["path"].split("/")[1] if r["source"] != "mednist_nih" else "mednist")
-    mednist = io.BytesIO()
-    with tarfile.open(fileobj=mednist, mode="w:gz") as archive:
-        for row in rows:
-            if row["source"] == "mednist_nih":
-                archive.add(DATA / "cxr_corpus" / "images" / row["path"], f"MedNIST/CXR/{Path(row['path']).name}")
-    entry = CATALOG["cxr_corpus"]
-    radiography, mednist_item = entry.downloads
-    served.files["/MedNIST.tar.gz"] = mednist.getvalue()
-    catalog_ = {
-        **CATALOG,
-        "cxr_corpus": replace(
-            entry, downloads=(radiography, replace(mednist_item, url=base + "/MedNIST.tar.gz", md5=None))
-        ),
-    }
+    radiography = [r for r in rows if r["source"] != "mednist_nih"]
+    mednist = [r for r in rows if r["source"] == "mednist_nih"]
+    catalog_ = serve(served, base, "cxr_corpus", mednist_tar(not_cxr=[], cxr=mednist), pin=False)
     root = tmp_path / "data"
     with pytest.raises(DataError, match=r"must be downloaded by hand: .*kaggle\.com/datasets/tawsifurrahman"):
         fetch_dataset("cxr_corpus", root, quiet=True, catalog=catalog_)
     assert not (root / "cxr_corpus").exists() and not served.requests  # nothing downloaded before it is all there
     kaggle = tmp_path / "kaggle"
     kaggle.mkdir()
-    with zipfile.ZipFile(kaggle / radiography.filename, "w") as archive:  # the database's own layout
-        for row in rows:
-            if row["source"] != "mednist_nih":
-                label, name = row["label"], Path(row["path"]).stem
-                archive.write(
-                    DATA / "cxr_corpus" / "images" / row["path"],
-                    f"COVID-19_Radiography_Dataset/{label}/images/{name}.png",
-                )
-        archive.writestr(f"COVID-19_Radiography_Dataset/COVID/masks/{name}.png", b"a lung mask, not an image to keep")
-        archive.writestr("COVID-19_Radiography_Dataset/Lung_Opacity/images/Lung_Opacity-1.png", b"not taken")
+    (kaggle / CATALOG["cxr_corpus"].downloads[0].filename).write_bytes(radiography_zip(radiography))
     result = fetch_dataset("cxr_corpus", root, quiet=True, search=[kaggle], catalog=catalog_)
     assert result.images == len(rows)
-    assert (root / "cxr_corpus" / "labels.csv").read_text() == _labels(rows)
+    assert (root / "cxr_corpus" / "labels.csv").read_text() == labels_text(rows)
 
 
 def test_cxnet_from_its_repository_layout(server, tmp_path: Path) -> None:
     """COVID-CXNet's chest_xray_images/covid19/ (mixed formats) and metadata.csv (patient, age)."""
     served, base = server
-    rows = [r for r in _rows("covid_extra_cxnet") if r["patient_id"]][:6] + _rows("covid_extra_cxnet")[:4]
-    rows = sorted({r["path"]: r for r in rows}.values(), key=lambda r: r["path"])
-    rows += [r for r in _rows("covid_extra_cxnet") if r["pediatric_flag"] == "1"][:2]
-    rows = sorted({r["path"]: r for r in rows}.values(), key=lambda r: r["path"])
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["filename", "patient_id", "sex", "age", "label"])
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for i, row in enumerate(rows):
-            stem = Path(row["path"]).stem
-            source = DATA / "covid_extra_cxnet" / "images" / row["path"]
-            if i % 2:  # as in the repository: JPEGs among the PNGs, converted on the way
-                jpeg = io.BytesIO()
-                from PIL import Image
-
-                Image.open(source).convert("RGB").save(jpeg, format="JPEG", quality=95)
-                archive.writestr(f"COVID-CXNet-master/chest_xray_images/covid19/{stem}.jpg", jpeg.getvalue())
-            else:
-                archive.write(source, f"COVID-CXNet-master/chest_xray_images/covid19/{stem}.png")
-            if row["patient_id"]:
-                age = "9" if row["pediatric_flag"] == "1" else "54"
-                writer.writerow([f"{stem}.jpg", row["patient_id"], "male", age, "COVID-19"])
-        archive.writestr("COVID-CXNet-master/metadata.csv", table.getvalue())
-        archive.comment = b"0123456789abcdef0123456789abcdef01234567"
+    everything = shared_rows("covid_extra_cxnet")
+    picked = [r for r in everything if r["patient_id"]][:6] + everything[:4]
+    picked += [r for r in everything if r["pediatric_flag"] == "1"][:2]
+    rows = sorted({r["path"]: r for r in picked}.values(), key=lambda r: r["path"])
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    body = cxnet_zip(rows, jpeg_every_other=True, commit=commit)
     root = tmp_path / "data"
-    catalog_ = serve(served, base, "covid_extra_cxnet", buffer.getvalue(), pin=False)
+    catalog_ = serve(served, base, "covid_extra_cxnet", body, pin=False)
     result = fetch_dataset("covid_extra_cxnet", root, quiet=True, catalog=catalog_)
     assert result.images == len(rows)
-    assert (root / "covid_extra_cxnet" / "labels.csv").read_text() == _labels(rows)
+    assert (root / "covid_extra_cxnet" / "labels.csv").read_text() == labels_text(rows)
     record = json.loads((root / "covid_extra_cxnet" / MARKER).read_text())
-    assert record["files"][0]["commit"] == "0123456789abcdef0123456789abcdef01234567"
+    assert record["files"][0]["commit"] == commit
 
 
 def test_a_wrong_archive_is_named_and_leaves_nothing(server, tmp_path: Path) -> None:
