@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -39,7 +41,7 @@ from fetch_support import (  # noqa: E402 (the tests' helpers)
     shared_rows,
 )
 
-from sslmed.catalog import CATALOG, content_digest  # noqa: E402
+from sslmed.catalog import CATALOG, MARKER, content_digest  # noqa: E402
 from sslmed.fetch import fetch_dataset  # noqa: E402
 from sslmed.plugins import get_registry  # noqa: E402
 
@@ -116,7 +118,10 @@ def main() -> None:
                     fetched - built,
                 )
             )
-            print(f"{name}: done in {fetched - built:.1f}s", file=sys.stderr, flush=True)
+            reasons = Counter(
+                d["reason"] for d in json.loads((root / name / MARKER).read_text()).get("duplicates_removed", [])
+            )
+            print(f"{name}: done in {fetched - built:.1f}s; left out: {dict(reasons)}", file=sys.stderr, flush=True)
     print(f"load after: {open('/proc/loadavg').read().strip()}")
     print()
     columns = (

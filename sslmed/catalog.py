@@ -76,6 +76,7 @@ class CatalogEntry:
     downloads: tuple[Download, ...]
     size_mb: float  # of the prepared folder, as in ../shared/data
     layout: str = "folder"  # "folder": images/ + labels.csv; "npz": one MedMNIST .npz file
+    deduplicate: bool = True  # False: kept whole, as the copy in ../shared/data is (see note)
     note: str = ""
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -228,8 +229,11 @@ _ENTRIES = (
         downloads=(KERMANY_ZIP,),
         size_mb=47.0,
         note="Mendeley Data release (public; checksum unpinned: structure checked); the val split (16 images) is "
-        "left out as in ../shared/data; also on Kaggle (paultimothymooney/chest-xray-pneumonia, account needed)",
+        "left out as in ../shared/data; not de-duplicated, as in ../shared/data: it is PneumoniaMNIST's source, "
+        "repeats a few files itself, and 734 of its train images (none of its test images) are also in "
+        "cxr_corpus; also on Kaggle (paultimothymooney/chest-xray-pneumonia, account needed)",
         options={"side": 224},
+        deduplicate=False,
     ),
     CatalogEntry(
         name="not_cxr",

@@ -116,7 +116,8 @@ def prepare_dataset(entry: CatalogEntry, files: Mapping[str, Path], root: Path) 
             prepared = PREPARATIONS[entry.name](entry, dict(files), work)
             counts: dict[str, Any] = {}
             if prepared is not None:
-                remove_duplicates(work, prepared, earlier(entry.name), root)
+                if entry.deduplicate:
+                    remove_duplicates(work, prepared, earlier(entry.name), root)
                 write_labels(work, prepared)
                 classes = Counter(row.get("label") or "(unlabelled)" for row in prepared.rows)
                 counts = {

@@ -381,7 +381,7 @@ def prepare_cxnet(entry: CatalogEntry, files: Files, out: Path) -> Prepared:
         meta = {}
         if table is not None:
             for row in _read_table(archive.read(table), f"{path}:{table}"):
-                meta[PurePosixPath(row.get("filename", "")).stem.rstrip("-")] = row
+                meta[PurePosixPath(row.get("filename", "")).stem] = row
         for member in images:
             ref = f"covid19/{member.stem}.png"
             if ref in prepared.paths():
