@@ -87,11 +87,11 @@ def main() -> None:
                 catalog = serve(served, base, name, cxnet_zip(), pin=False)
             elif name == "cxr_corpus":
                 (kaggle / CATALOG[name].downloads[0].filename).write_bytes(radiography_zip(radiography))
-                catalog = serve(served, base, name, mednist_tar(not_cxr=[], cxr=mednist_cxr))
+                catalog = serve(served, base, name, mednist_tar(cxr=mednist_cxr))  # the one MedNIST archive
             elif name == "kermany":
                 catalog = serve(served, base, name, kermany_zip(), pin=False)
             else:
-                catalog = serve(served, base, name, mednist_tar())
+                catalog = serve(served, base, name, mednist_tar(cxr=mednist_cxr))
             built = time.perf_counter()
             result = fetch_dataset(name, root, quiet=True, search=[kaggle], catalog=catalog)
             fetched = time.perf_counter()

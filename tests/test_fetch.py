@@ -310,6 +310,9 @@ def test_kermany_from_its_release_layout(server, tmp_path: Path) -> None:
     patient and pneumonia type; val is left out."""
     served, base = server
     rows = _subset("kermany", 6, lambda r: f"{r['split']}/{r['label']}/{r['pneumonia_type']}")
+    odd = ("train/NORMAL/IM-0429-0001-0002.jpeg", "train/PNEUMONIA/person447_virus_921_1.jpeg")  # file names
+    rows += [r for r in shared_rows("kermany") if r["path"] in odd]  # whose patient is not the last number off
+    rows.sort(key=lambda r: (r["split"] != "train", r["path"]))
     root = tmp_path / "data"
     result = fetch_dataset("kermany", root, quiet=True, catalog=serve(served, base, "kermany", kermany_zip(rows)))
     assert result.images == len(rows) and result.removed == 0

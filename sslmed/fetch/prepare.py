@@ -467,7 +467,8 @@ def prepare_cxr_corpus(entry: CatalogEntry, files: Files, out: Path) -> Prepared
     return prepared
 
 
-KERMANY_NAME = re.compile(r"^(?:(person\d+)_(bacteria|virus)_\d+|(.+)-\d+)$")
+# person1000_bacteria_2931 -> person1000 (bacteria); IM-0429-0001-0002, NORMAL2-IM-1427-0001 -> IM-0429, NORMAL2-IM-1427
+KERMANY_NAME = re.compile(r"^(?:(person\d+)_(bacteria|virus)_.*|((?:NORMAL2-)?IM-\d+)-.*)$")
 
 
 def prepare_kermany(entry: CatalogEntry, files: Files, out: Path) -> Prepared:
