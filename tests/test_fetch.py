@@ -344,6 +344,7 @@ def test_cxnet_from_its_repository_layout(server, tmp_path: Path) -> None:
     everything = shared_rows("covid_extra_cxnet")
     picked = [r for r in everything if r["patient_id"]][:6] + everything[:4]
     picked += [r for r in everything if r["pediatric_flag"] == "1"][:2]
+    picked += [r for r in everything if r["path"] == "covid19/280-.png"]  # the repository's name, dash included
     rows = sorted({r["path"]: r for r in picked}.values(), key=lambda r: r["path"])
     commit = "0123456789abcdef0123456789abcdef01234567"
     body = cxnet_zip(rows, jpeg_every_other=True, commit=commit)
