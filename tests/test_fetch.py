@@ -239,6 +239,24 @@ def test_cli_fetch_and_list(server, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert unknown.exit_code == 2 and "no dataset 'nope' in the catalogue (datasets: pneumoniamnist" in unknown.output
 
 
+def test_cli_fetch_recipe_gets_what_it_reads_into_its_data_root(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extend_cli(cli)
+    served, base = server
+    monkeypatch.setitem(CATALOG, "not_cxr", serve(served, base, "not_cxr", mednist_tar())["not_cxr"])
+    recipe = tmp_path / "ood.yaml"
+    recipe.write_text(
+        "name: ood\ndata_root: data\n"  # relative: from the recipe's folder
+        "data:\n  ood: {name: csv, path: not_cxr}\n  unused: {name: csv, path: covid3}\n"
+        "steps:\n  - {name: s, data: ood, backbone: {name: resnet18}, objective: {name: simclr},"
+        " augmentations: [{name: simclr}]}\n"
+    )
+    result = CliRunner().invoke(cli, ["data", "fetch", "--recipe", str(recipe), "-q"])
+    assert result.exit_code == 0, result.output
+    assert catalog.is_present("not_cxr", tmp_path / "data") and not (tmp_path / "data" / "covid3").exists()
+
+
 def test_run_on_missing_data_names_the_datasets_and_the_command(tmp_path: Path) -> None:
     extend_cli(cli)
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
