@@ -70,6 +70,7 @@ def main() -> None:
     corpus = shared_rows("cxr_corpus")
     radiography = [r for r in corpus if r["source"] != "mednist_nih"]
     mednist_cxr = [r for r in corpus if r["source"] == "mednist_nih"]
+    mednist = mednist_tar(cxr=mednist_cxr)  # one MedNIST archive for cxr_corpus and not_cxr, as at the origin
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs; load before: {open('/proc/loadavg').read().strip()}")
     rows_out = []
     with tempfile.TemporaryDirectory() as tmp, loopback_server() as (served, base):
@@ -87,11 +88,11 @@ def main() -> None:
                 catalog = serve(served, base, name, cxnet_zip(), pin=False)
             elif name == "cxr_corpus":
                 (kaggle / CATALOG[name].downloads[0].filename).write_bytes(radiography_zip(radiography))
-                catalog = serve(served, base, name, mednist_tar(cxr=mednist_cxr))  # the one MedNIST archive
+                catalog = serve(served, base, name, mednist)
             elif name == "kermany":
                 catalog = serve(served, base, name, kermany_zip(), pin=False)
             else:
-                catalog = serve(served, base, name, mednist_tar(cxr=mednist_cxr))
+                catalog = serve(served, base, name, mednist)
             built = time.perf_counter()
             result = fetch_dataset(name, root, quiet=True, search=[kaggle], catalog=catalog)
             fetched = time.perf_counter()
