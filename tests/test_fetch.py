@@ -384,3 +384,18 @@ def test_a_wrong_archive_is_named_and_leaves_nothing(server, tmp_path: Path) -> 
     with pytest.raises(DataError, match=r"no images in class folder\(s\) Covid-19, No_findings, Pneumonia"):
         fetch_dataset("covid3", root, quiet=True, catalog=serve(served, base, "covid3", buffer.getvalue(), pin=False))
     assert sorted(p.name for p in root.iterdir()) == [".downloads"]
+
+
+def test_leftovers_of_a_killed_fetch_are_cleaned_but_not_a_running_one(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from sslmed.fetch import clean_partials
+
+    stale, running = tmp_path / ".not_cxr.partial-old", tmp_path / ".not_cxr.partial-new"
+    for folder in (stale, running):
+        (folder / "images").mkdir(parents=True)
+    an_hour_ago = time.time() - 7200
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    assert clean_partials(tmp_path, "not_cxr") == [stale]
+    assert running.is_dir() and not stale.exists()

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -165,15 +166,21 @@ def fetch_dataset(
     return prepare_dataset(entry, files, root)
 
 
-def clean_partials(root: Path, name: str) -> list[Path]:
-    """Remove the temporary folders of ``name`` that a killed fetch left in ``root``."""
+def clean_partials(root: Path, name: str, older_than: float = 3600.0) -> list[Path]:
+    """Remove the temporary folders of ``name`` that a killed fetch left in ``root``.
+
+    Only folders untouched for ``older_than`` seconds go: a fetch of the same dataset
+    running at the same time in another process keeps its own. (An interrupted fetch
+    that is not killed removes its folder itself.)
+    """
     removed = []
     if Path(root).is_dir():
         for folder in Path(root).glob(f".{name}.*-*"):
-            if folder.is_dir() and (".partial-" in folder.name or ".old-" in folder.name):
+            stale = time.time() - folder.stat().st_mtime > older_than
+            if folder.is_dir() and stale and (".partial-" in folder.name or ".old-" in folder.name):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(folder)
     return removed
 
 
-__all__ = ["FetchResult", "clean_partials", "fetch_dataset", "obtain", "prepare_dataset", "write_bytes"]
+__all__ = ["FetchResult", "clean_partials", "fetch_dataset", "obtain", "prepare_dataset"]

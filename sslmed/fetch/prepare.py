@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sslmed.catalog import CATALOG, MARKER, CatalogEntry, is_present
+from sslmed.catalog import CATALOG, CatalogEntry, is_present
 from sslmed.default_plugins.data_commands import average_hash
 from sslmed.errors import DataError
 from sslmed.fetch.download import no_space
@@ -42,8 +42,9 @@ from sslmed.imaging import load_image
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".webp"}
 SHORT_SIDE = 256
 # Near duplicates are images with identical 16x16 average hashes (the hash of ``sslmed data
-# inspect``; issue 9 moves it to sslmed.inspection): what ../shared/data was cleaned with (its
-# sets still hold cross-set pairs 1 bit apart, covid3 / covid_extra_cxnet, and none 0 bits apart).
+# inspect``; issue 9 moves it to sslmed.inspection): the sets the recipes read
+# (pneumoniamnist, covid3, covid_extra_*) hold cross-set pairs 1 bit apart in ../shared/data
+# and none 0 bits apart, so identical hashes is the rule they were cleaned with.
 
 
 # ---------------------------------------------------------------------- writing
@@ -518,5 +519,3 @@ PREPARATIONS: dict[str, Callable[[CatalogEntry, Files, Path], Prepared | None]] 
     "kermany": prepare_kermany,
     "not_cxr": prepare_not_cxr,
 }
-
-__all__ = ["MARKER", "PREPARATIONS", "Prepared", "remove_duplicates", "write_labels"]
