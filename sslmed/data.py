@@ -261,7 +261,8 @@ def resolve_path(path: str, data_root: Path, what: str) -> Path:
         hint = (
             ""
             if data_root.exists()
-            else f" (data root {data_root} does not exist: set data_root in the recipe or ${DATA_ENV})"
+            else f" (data root {data_root} does not exist: set data_root in the recipe or ${DATA_ENV},"
+            " or get the data with `sslmed data fetch`)"
         )
         raise DataError(f"{what} not found: {resolved}{hint}")
     return resolved

@@ -36,6 +36,7 @@ DEFAULT_PLUGINS = (
     "sslmed.default_plugins.datasets",
     "sslmed.default_plugins.chexpert",
     "sslmed.default_plugins.data_commands",
+    "sslmed.default_plugins.fetch_commands",
     "sslmed.default_plugins.simclr",
     "sslmed.default_plugins.erasing",
     "sslmed.default_plugins.decoders",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sslmed.catalog import fetch_hint
 from sslmed.data import ImageSource, resolve_data_root
 from sslmed.errors import DataError
 from sslmed.plugins import get_registry
@@ -37,6 +38,9 @@ def build_sources(recipe: Recipe, registry: Registry, only: set[str] | None = No
         except DataError as exc:
             problems.append(f"data.{alias} ({spec.name}): {exc}")
     if problems:
+        hint = fetch_hint(recipe, root)
+        if hint:
+            problems = [hint] + problems
         raise DataError("; ".join(problems) if len(problems) == 1 else "data problems:\n  " + "\n  ".join(problems))
     for step in recipe.steps:
         if step.data in sources:

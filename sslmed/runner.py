@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sslmed import __version__
+from sslmed.catalog import data_copies
 from sslmed.data import ImageSource, write_run_data
 from sslmed.engine import is_worker_process, train_step
 from sslmed.errors import UsageError
@@ -70,6 +71,7 @@ def manifest(recipe: Recipe, sources: dict[str, ImageSource]) -> dict[str, Any]:
         "packages": _versions(),
         "plugins": [{"name": p.name, "version": p.version} for p in plugin_infos() if not p.error],
         "data": {alias: {"fingerprint": s.fingerprint(), **s.summary()} for alias, s in sources.items()},
+        "data_copies": data_copies(recipe),
         "seeds": {s.name: s.seed for s in recipe.steps},
     }
 
