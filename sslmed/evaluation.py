@@ -88,7 +88,8 @@ def extract_features(
 
 
 def metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro one-vs-rest AUC, per-class recall, confusion matrix."""
+    """Accuracy, balanced accuracy, macro one-vs-rest AUC, per-class recall, confusion matrix;
+    for two classes also sensitivity and specificity (the second class is the positive one)."""
     labels = list(range(len(classes)))
     y_pred = proba.argmax(axis=1)
     present = sorted(set(y_true.tolist()))
@@ -102,13 +103,16 @@ def metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> di
     except ValueError:
         auc = float("nan")
     recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
-    return {
+    out = {
         "accuracy": float((y_pred == y_true).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
         "macro_auc": auc,
         "recall": {c: float(r) for c, r in zip(classes, recalls, strict=False)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+    if len(classes) == 2:  # the second class is the finding (e.g. pneumonia), as clinical papers report it
+        out["sensitivity"], out["specificity"] = float(recalls[1]), float(recalls[0])
+    return out
 
 
 def predictions(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:

@@ -44,10 +44,13 @@ from sslmed.evaluation import (
     probe_rows,
     supervised_proba,
 )
+from sslmed.finetune import finetune_rows
 from sslmed.plugins import get_registry, plugin_infos
 from sslmed.predict import export_classifier
+from sslmed.pretrained import ExternalBackbone, check_external, looks_like_path
 from sslmed.recipe import Recipe, load_raw, validate
 from sslmed.registry import Registry
+from sslmed.stats import gain_lines
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,17 @@ def build_sources(recipe: Recipe, registry: Registry, only: set[str] | None = No
                     f"evaluation data {recipe.evaluation.data!r} split {split!r} has unlabelled images; the probe needs labels"
                 )
     return sources
+
+
+def external_inits(recipe: Recipe) -> dict[str, ExternalBackbone]:
+    """Steps whose ``init_from`` is another run's backbone export (a path), each found,
+    checked against the step's backbone and channels, and fingerprinted."""
+    names = {s.name for s in recipe.steps}
+    return {
+        step.name: check_external(step.init_from, backbone_identity(step))
+        for step in recipe.steps
+        if step.init_from and step.init_from not in names and looks_like_path(step.init_from)
+    }
 
 
 def _git_commit() -> str | None:
@@ -193,6 +207,7 @@ def run_recipe(
     """
     recipe, registry = load_recipe_file(path, overrides)
     sources = build_sources(recipe, registry)
+    external = external_inits(recipe)  # checked before anything is written or trained
     runs_dir = Path(runs_dir)
     if is_worker_process() and os.environ.get(RUN_DIR_ENV):
         run_dir = Path(os.environ[RUN_DIR_ENV])  # DDP worker: the folder rank 0 made
@@ -209,7 +224,10 @@ def run_recipe(
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_document(recipe), sort_keys=False))
         if not (run_dir / "manifest.json").exists():
-            atomic_write_json(run_dir / "manifest.json", manifest(recipe, sources))
+            record = manifest(recipe, sources)
+            if external:
+                record["init_from"] = {name: export.record() for name, export in external.items()}
+            atomic_write_json(run_dir / "manifest.json", record)
             write_run_data(run_dir, sources)  # splits/<alias>.csv (pinnable) and skipped/<alias>.csv
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
         log.info("run folder: %s", run_dir)
@@ -221,7 +239,9 @@ def run_recipe(
             if step_is_done(step_dir):
                 log.info("step %s: already done, skipped", step.name)
                 continue
-            init = run_dir / "steps" / step.init_from if step.init_from else None
+            init = external[step.name].path if step.name in external else None
+            if step.init_from and init is None:
+                init = run_dir / "steps" / step.init_from
             log.info(
                 "step %s: %s on %s (%s), %d epoch(s)",
                 step.name,
@@ -339,6 +359,16 @@ def evaluate_run(
                 }
             )
 
+    if settings.finetune is not None and source.task != "multilabel":
+
+        def pretrained_copy() -> Any:
+            backbone = build_backbone()
+            load_backbone_weights(step_dir, backbone, expect=backbone_identity(step))
+            return backbone
+
+        models_to_tune = {f"sslmed:{step.name}": pretrained_copy, "random_init": build_backbone}
+        rows += finetune_rows(models_to_tune, splits, source.classes, size, channels, settings)
+
     if "linear" in features.probes:
         extras = read_backbone_meta(step_dir).get("extras", {})
         export_classifier(
@@ -400,6 +430,9 @@ def write_results(run_dir: Path, recipe: Recipe, rows: list[dict[str, Any]], cla
         writer.writerow({**row, **{f"recall_{c}": row["recall"][c] for c in classes}})
     atomic_write_text(run_dir / "results.csv", buffer.getvalue())
     table = results_table(rows, classes)
+    gains = gain_lines(rows, samples=500)  # what pre-training bought, with its interval, under the table
+    if gains:
+        table += "\n\n" + "\n".join(gains)
     evaluation = recipe.evaluation
     title = f"# {recipe.name}: probe on {evaluation.data if evaluation else '?'} ({evaluation.test_split if evaluation else ''} split)\n\n"
     atomic_write_text(run_dir / "results.md", title + table + "\n")
