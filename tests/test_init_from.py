@@ -31,7 +31,7 @@ steps:
     data: covid3
     init_from: {init}
     backbone: {{name: {backbone}, small_input: true}}
-    objective: {{name: recording_simclr}}
+    objective: {{name: {objective}}}
     augmentations: [{{name: simclr}}]
     image_size: 16
     batch_size: 16
@@ -63,16 +63,18 @@ def recording():
     plugins.unregister_plugin("recording_init")
 
 
-def _recipe(tmp_path, data_dir, init, backbone="resnet18"):
+def _recipe(tmp_path, data_dir, init, backbone="resnet18", objective="simclr"):
     path = tmp_path / "one.yaml"
-    path.write_text(ONE_STEP.format(data=data_dir, init=init, backbone=backbone))
+    path.write_text(ONE_STEP.format(data=data_dir, init=init, backbone=backbone, objective=objective))
     return path
 
 
 @pytest.mark.slow
 def test_step_starts_from_the_export_of_another_run(trained_run, tmp_path, data_dir, recording):
     source = trained_run / "steps" / "corpus"
-    result = run_recipe(_recipe(tmp_path, data_dir, source), runs_dir=tmp_path / "runs", progress=False)
+    result = run_recipe(
+        _recipe(tmp_path, data_dir, source, objective="recording_simclr"), runs_dir=tmp_path / "runs", progress=False
+    )
     exported = load_file(str(source / "backbone.safetensors"))
     assert len(recording) == 1
     for key, value in exported.items():
