@@ -315,7 +315,7 @@ def predictions_by_seed(
 def summary(results: list[dict[str, Any]], budget: Budget, samples: int) -> str:
     """``grid.md``: per target, probe and label fraction, every row with its interval,
     then each claim as a paired comparison."""
-    from sslmed.stats import compare, interval
+    from sslmed.comparisons import compare, interval
 
     lines = []
     targets = sorted({e["target"] for e in results if e.get("target")})

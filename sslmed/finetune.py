@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from sklearn.metrics import balanced_accuracy_score
 from torchvision.transforms import v2
 
-from sslmed.evaluation import LabelledSplit, SupervisedModule, device, metrics, predictions, subsample
+from sslmed.evaluation import LabelledSplit, SupervisedModule, device
 from sslmed.models import Backbone
 from sslmed.recipe import EvaluationSettings, FineTuneSettings
 from sslmed.transforms import eval_transform
@@ -35,7 +35,7 @@ class FineTuneModule(SupervisedModule):
     head's rate; the weights of the best validation epoch are kept."""
 
     def __init__(self, backbone: Backbone, n_classes: int, settings: FineTuneSettings) -> None:
-        super().__init__(backbone, n_classes, settings.lr)
+        super().__init__(backbone, n_classes, settings.lr)  # multi-class: softmax, cross-entropy
         self.settings = settings
         self.best_score = -np.inf
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -83,7 +83,7 @@ def finetune_proba(
     class-stratified ``fraction`` of ``train``; return test probabilities and what
     happened (epochs run, best validation balanced accuracy)."""
     L.seed_everything(seed, workers=True, verbose=False)
-    chosen = subsample(train.labels, fraction, seed)
+    chosen = train.task.subsample(train.labels, fraction, seed)
     subset = LabelledSplit(train.source, [train.records[i] for i in chosen])
     augment = v2.Compose(
         [
@@ -118,7 +118,7 @@ def finetune_proba(
     chunks = []
     with torch.inference_mode():
         for images, _labels in test.loader(eval_transform(image_size, in_channels), in_channels, 256):
-            chunks.append(torch.softmax(module(images.to(device())), dim=1).float().cpu().numpy())
+            chunks.append(module.task.activate(module(images.to(device())).float()).cpu().numpy())
     info = {
         "epochs_run": int(trainer.current_epoch),
         "val_balanced_accuracy": None if val_loader is None else round(float(module.best_score), 5),
@@ -155,16 +155,16 @@ def finetune_rows(
                 settings.seed,
                 fraction,
             )
-            labels = splits["test"].labels
+            test, task = splits["test"], splits["test"].task
             rows.append(
                 {
                     "model": name,
                     "probe": "fine-tune",
                     "label_fraction": fraction,
-                    "train_images": len(subsample(splits["train"].labels, fraction, settings.seed)),
+                    "train_images": len(task.subsample(splits["train"].labels, fraction, settings.seed)),
                     **info,
-                    **metrics(labels, proba, classes),
-                    "test_predictions": predictions(labels, proba),
+                    **task.metrics(test.labels, proba, classes),
+                    "test_predictions": task.predictions(test.labels, proba),
                 }
             )
     return rows

@@ -1,12 +1,12 @@
-"""Paired statistics on test predictions (sslmed.stats)."""
+"""Paired statistics on test predictions (sslmed.comparisons)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sslmed.evaluation import metrics
-from sslmed.stats import compare, gain_lines, interval
+from sslmed.metrics import metrics
+from sslmed.comparisons import compare, gain_lines, interval
 
 
 def _proba(y: np.ndarray, correct: float, rng: np.random.Generator, n_classes: int = 2) -> np.ndarray:
@@ -87,8 +87,8 @@ def test_binary_metrics_report_sensitivity_and_specificity():
 
 
 def test_fast_metrics_agree_with_the_report():
-    from sslmed.report import metric_values
-    from sslmed.stats import _value
+    from sslmed.metrics import metric_values
+    from sslmed.comparisons import _value
 
     rng = np.random.default_rng(4)
     y = rng.integers(0, 3, 200)

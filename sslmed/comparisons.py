@@ -12,7 +12,7 @@ image by image:
 * :func:`gain_lines` - what pre-training bought in one run: the pre-trained model
   against random init and raw pixels, per probe and label fraction.
 
-Metrics are computed as :func:`sslmed.report.metric_values` computes them.
+Metrics are computed as :func:`sslmed.metrics.metric_values` computes them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sslmed.report import metric_values
+from sslmed.metrics import metric_values
 
 #: what the printed gain lines compare, in the order shown
 REFERENCES = {"random_init": "random init", "raw_pixels": "raw pixels"}
