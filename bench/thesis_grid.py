@@ -124,6 +124,9 @@ BUDGETS = {
     "cpu": Budget(
         64, 128, 3, 400, 30, 150, [0.01, 0.1, 1.0], {"epochs": 10, "batch_size": 64, "patience": 3}, [0.01, 0.1]
     ),
+    # what one busy shared 2-core CPU session allowed (2026-11-27, load 17-34): 32 px, the corpus seen
+    # 60 x 128 = 7,680 times (a third of one epoch), transfer rows only, fine-tuning at 10% of the labels
+    "cpu-session": Budget(32, 128, 3, 60, 1, 0, [0.1, 1.0], {"epochs": 5, "batch_size": 64, "patience": 2}, [0.1]),
     # one H100/H200 with 16 cores: 128 px, 20 corpus epochs, 40 target epochs, fine-tuning at every fraction
     "gpu": Budget(
         128,

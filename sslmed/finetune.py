@@ -98,7 +98,15 @@ def finetune_proba(
     module = FineTuneModule(backbone, n_classes, settings)
     callbacks = []
     if val_loader is not None:
-        callbacks.append(EarlyStopping("val/balanced_accuracy", mode="max", patience=settings.patience))
+        # checked after each validation only; strict=False: a run cut short by max_steps may never validate
+        stop = EarlyStopping(
+            "val/balanced_accuracy",
+            mode="max",
+            patience=settings.patience,
+            strict=False,
+            check_on_train_epoch_end=False,
+        )
+        callbacks.append(stop)
     trainer = L.Trainer(
         max_epochs=settings.epochs,
         max_steps=settings.max_steps,

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sslmed.checkpoints import read_backbone_meta
 from sslmed.errors import CheckpointError, UsageError
+from sslmed.rundir import BACKBONE, StepDir, meta_file, weights_file
 
-EXPORT_FILES = ("backbone.safetensors", "backbone.json")
+EXPORT_FILES = (weights_file(Path(), BACKBONE).name, meta_file(Path(), BACKBONE).name)
 
 
 def looks_like_path(value: str) -> bool:
@@ -35,11 +35,11 @@ def export_dir(value: str, relative_to: Path | None = None) -> Path:
     folder = path.parent if path.name in EXPORT_FILES else path
     if not path.exists():
         raise UsageError(f"init_from {value}: no such file or folder ({path})")
-    missing = [name for name in EXPORT_FILES if not (folder / name).is_file()]
+    missing = [name for name in EXPORT_FILES if not (folder / name).is_file()]  # both, as StepDir.is_done wants
     if missing:
         hint = ""
         if (folder / "steps").is_dir():
-            steps = sorted(p.name for p in (folder / "steps").iterdir() if (p / "backbone.json").is_file())
+            steps = sorted(p.name for p in (folder / "steps").iterdir() if StepDir(p).backbone_meta.is_file())
             hint = f"; a run folder: name one of its steps, e.g. {value.rstrip('/')}/steps/{steps[0]}" if steps else ""
         raise UsageError(
             f"init_from {value}: not a backbone export (missing {', '.join(missing)} in {folder}){hint}; "
@@ -83,6 +83,8 @@ class ExternalBackbone:
 def check_external(value: str, expect: dict[str, Any], relative_to: Path | None = None) -> ExternalBackbone:
     """Find the export ``value`` names and check that it fits ``expect`` (the step's
     ``{"backbone": spec, "in_channels": n}``); a mismatch names both sides."""
+    from sslmed.checkpoints import read_backbone_meta  # torch; recipe validation imports this module without it
+
     folder = export_dir(value, relative_to)
     try:
         meta = read_backbone_meta(folder)
@@ -98,4 +100,4 @@ def check_external(value: str, expect: dict[str, Any], relative_to: Path | None 
             f"init_from {value}: the export does not fit this step: it has {' and '.join(problems)}; "
             "set the step's backbone and in_channels to match, or pre-train a matching backbone"
         )
-    return ExternalBackbone(folder.resolve(), sha256_of(folder / "backbone.safetensors"), meta)
+    return ExternalBackbone(folder.resolve(), sha256_of(weights_file(folder, BACKBONE)), meta)

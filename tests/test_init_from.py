@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from sslmed import plugins
 from sslmed.checkpoints import save_backbone
+from sslmed.default_plugins.backbones import ResNetBackbone
 from sslmed.default_plugins.simclr import SimCLRArgs, SimCLRMethod
 from sslmed.errors import RecipeError, UsageError
 from sslmed.hookspecs import hookimpl
-from sslmed.models import ResNetBackbone
 from sslmed.plugins import get_registry
 from sslmed.recipe import load_recipe
 from sslmed.runner import run_recipe
