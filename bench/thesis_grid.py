@@ -462,7 +462,7 @@ def sweep_summary(results: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["grid", "sweep", "plan"])
+    parser.add_argument("command", choices=["grid", "sweep", "plan", "summary"])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -486,6 +486,14 @@ def main() -> int:
     if args.command == "plan":
         for job in jobs:
             print(job.id)
+        return 0
+    if args.command == "summary":  # grid.md from the runs finished so far, nothing started
+        done = [j for j in jobs if j.kind != "corpus" and (j.run_dir / "results.json").is_file()]
+        record = {"id": "", "status": "done before", "seconds": 0.0}
+        results = [{**record, "kind": j.kind, "method": j.method, "target": j.target, "seed": j.seed,
+                    "run_dir": str(j.run_dir)} for j in done]  # fmt: skip
+        (out / "grid.md").write_text(summary(results, budget, args.bootstrap) + "\n")
+        print(f"{len(done)} finished runs -> {out / 'grid.md'}")
         return 0
     print(f"{len(jobs)} runs, budget {args.budget}: {budget} -> {out}", flush=True)
     started = time.perf_counter()
