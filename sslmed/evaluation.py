@@ -336,4 +336,14 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
             if kept is not None:
                 row["test_predictions"] = kept
             result.rows.append(row)
+    if settings.finetune is not None and task.supervised_reference:
+        from sslmed.finetune import finetune_rows  # it builds on this module
+
+        def pretrained_copy() -> Backbone:
+            backbone = build_backbone()
+            load_backbone_weights(step_dir.path, backbone, expect=backbone_identity(step))
+            return backbone
+
+        tuned = {name: pretrained_copy, "random_init": build_backbone}  # same network, same seed, same schedule
+        result.rows += finetune_rows(tuned, splits, source.classes, size, channels, settings)
     return result

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from sslmed.errors import RecipeError, UsageError
+from sslmed.pretrained import looks_like_path
 from sslmed.registry import Nested, Registry, close_matches, nested_specs
 
 Loc = tuple[str | int, ...]
@@ -60,7 +61,11 @@ class StepSettings(_Strict):
     name: str
     data: str = Field(description="a key of the recipe's data section")
     split: str = Field("train", description="which split of the data to pre-train on")
-    init_from: str | None = Field(None, description="an earlier step whose backbone starts this one")
+    init_from: str | None = Field(
+        None,
+        description="what starts this step's backbone: an earlier step's name, or a path (with a '/') to another "
+        "run's backbone export: its step folder or backbone.safetensors (relative to the working folder)",
+    )
     backbone: Annotated[ComponentSpec, Nested("backbone")]
     objective: Annotated[ComponentSpec, Nested("objective")]
     augmentations: list[Annotated[ComponentSpec, Nested("augmentation")]] = Field(min_length=1)
@@ -92,6 +97,20 @@ class SupervisedSettings(_Strict):
     max_steps: int = -1
 
 
+class FineTuneSettings(_Strict):
+    """Fine-tuning evaluation: backbone + head end to end, for the pre-trained backbone and the
+    same network from random init, early-stopped on the validation split."""
+
+    epochs: int = Field(10, ge=1, description="at most this many epochs (early stopping may end sooner)")
+    max_steps: int = Field(-1, description="stop after this many optimiser steps (-1: no limit)")
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0, description="the head's learning rate")
+    backbone_lr_ratio: float = Field(0.1, gt=0, le=1, description="the backbone's learning rate, as a fraction of lr")
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(3, ge=1, description="epochs without a better validation balanced accuracy before stopping")
+    min_scale: float = Field(0.6, gt=0, le=1, description="random-resized-crop scale of the training images")
+
+
 class EvaluationSettings(_Strict):
     """Frozen-feature probes on a labelled train/test split, with reference rows."""
 
@@ -103,6 +122,9 @@ class EvaluationSettings(_Strict):
     label_fractions: list[float] = [1.0]
     baselines: list[Literal["random_init", "raw_pixels", "supervised"]] = ["random_init", "supervised"]
     supervised: SupervisedSettings = SupervisedSettings()
+    finetune: FineTuneSettings | None = Field(
+        None, description="also fine-tune end to end (pre-trained vs random init), at every label fraction"
+    )
     knn_k: int = Field(20, ge=1)
     batch_size: int = Field(128, ge=1)
     seed: int = 0
@@ -400,12 +422,14 @@ def _check_references(problems: _Problems, recipe: Recipe) -> None:
                 f"no data named {step.data!r}"
                 + (f"; did you mean {hint[0]!r}?" if hint else f" (defined: {', '.join(recipe.data) or 'none'})"),
             )
-        if step.init_from is not None:
+        if step.init_from is not None and not (step.init_from not in seen and looks_like_path(step.init_from)):
+            # a path is another run's export: found and checked when the run starts (sslmed.pretrained)
             if step.init_from not in seen:
                 earlier = ", ".join(seen) or "none"
                 problems.add(
                     ("steps", index, "init_from"),
-                    f"{step.init_from!r} is not an earlier step (earlier steps: {earlier})",
+                    f"{step.init_from!r} is not an earlier step (earlier steps: {earlier}) nor a path "
+                    "to a backbone export (e.g. runs/<recipe>/<run>/steps/<step>)",
                 )
             else:
                 source = recipe.steps[seen[step.init_from]]
