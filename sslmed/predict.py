@@ -4,13 +4,18 @@ The classifier is the backbone of the probed step with the linear probe folded i
 one ``nn.Linear`` (standardisation included). It reads only safetensors and JSON, and
 preprocesses exactly as evaluation does, so predictions and reported metrics agree.
 It never imports the trainer.
+
+When the export carries them, probabilities are calibrated (the logits divided by the
+temperature fitted on the validation split, ``model.json``'s ``calibration``) and each
+image gets an out-of-distribution score with a flag (``ood``; see :mod:`sslmed.ood`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,8 +26,13 @@ from sslmed.checkpoints import load_model_files, save_model
 from sslmed.errors import CheckpointError
 from sslmed.imaging import Source, load_image
 from sslmed.models import Backbone
+from sslmed.ood import TENSOR_PREFIX as OOD_PREFIX
+from sslmed.ood import FeatureDistance
 from sslmed.registry import Registry
 from sslmed.transforms import eval_transform, image_mode
+
+if TYPE_CHECKING:
+    from sslmed.trust import TrustFit
 
 
 def linear_head_from_probe(probe: Pipeline, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,15 +58,25 @@ def export_classifier(
     probe: Pipeline,
     meta: dict[str, Any],
     extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+    trust: TrustFit | None = None,
 ) -> None:
     """Write ``model.safetensors`` + ``model.json`` (``meta``: backbone spec, classes, ...).
 
     ``extra_tensors`` (e.g. a CRSM decoder's weights, by export name) are stored under
-    ``<name>.`` prefixes; ``meta["extras"]`` describes how to rebuild them.
+    ``<name>.`` prefixes; ``meta["extras"]`` describes how to rebuild them. ``trust``
+    (:func:`sslmed.trust.fit_trust`) adds the temperature (``meta["calibration"]``; the
+    head stays uncalibrated, :class:`Predictor` divides by it) and the OOD score
+    (``ood.*`` tensors, ``meta["ood"]``).
     """
     weight, bias = linear_head_from_probe(probe, len(meta["classes"]))
     tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     tensors.update({"head.weight": weight, "head.bias": bias})
+    if trust is not None:
+        meta = dict(meta)
+        if trust.calibration is not None:
+            meta["calibration"] = trust.calibration.summary()
+        meta["ood"] = trust.ood.meta()
+        tensors.update({f"{OOD_PREFIX}.{k}": v for k, v in trust.ood.to_tensors().items()})
     for name, state in (extra_tensors or {}).items():
         tensors.update({f"{name}.{k}": v for k, v in state.items()})
     save_model(directory, tensors, meta)
@@ -72,6 +92,36 @@ class Classifier(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+@dataclass
+class Prediction:
+    """One image's answer: class probabilities (calibrated when the export has a
+    temperature) and, when the export has an OOD score, how unlike the training images
+    the image is (``ood_score``) and whether that is beyond the threshold."""
+
+    probabilities: dict[str, float]
+    calibrated: bool
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+
+    @property
+    def ood_flag(self) -> bool | None:
+        """True when the image lies further from the training images than the threshold."""
+        if self.ood_score is None or self.ood_threshold is None:
+            return None
+        return self.ood_score > self.ood_threshold
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``sslmed predict`` and the HTTP API return for the image."""
+        out: dict[str, Any] = {"probabilities": self.probabilities, "calibrated": self.calibrated}
+        if self.ood_score is not None:
+            out["out_of_distribution"] = {
+                "score": round(self.ood_score, 4),
+                "threshold": round(float(self.ood_threshold), 4),
+                "flagged": bool(self.ood_flag),
+            }
+        return out
 
 
 def find_model_dir(path: str | Path) -> Path:
@@ -104,7 +154,7 @@ class Predictor:
         backbone = registry.build("backbone", self.meta["backbone"], in_channels=self.in_channels)
         self.model = Classifier(backbone, len(self.classes))
         extras = self.meta.get("extras", {})
-        model_tensors = {k: v for k, v in tensors.items() if k.split(".", 1)[0] not in extras}
+        model_tensors = {k: v for k, v in tensors.items() if k.split(".", 1)[0] not in (*extras, OOD_PREFIX)}
         result = self.model.load_state_dict(model_tensors, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
@@ -125,6 +175,17 @@ class Predictor:
             module.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
             self.extras[name] = module.to(self.device).eval()
         self.transform = eval_transform(self.image_size, self.in_channels)
+        #: logits are divided by this before the softmax (1.0: the export is not calibrated)
+        self.temperature: float = float((self.meta.get("calibration") or {}).get("temperature", 1.0))
+        self.calibrated = "calibration" in self.meta
+        self.ood: FeatureDistance | None = None
+        if "ood" in self.meta:
+            try:
+                self.ood = FeatureDistance.from_export(tensors, self.meta["ood"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(
+                    f"{self.model_dir}: its out-of-distribution score is incomplete ({exc})"
+                ) from None
 
     def load(self, source: Source) -> Image.Image:
         """An image file as the model reads it (before resizing)."""
@@ -135,11 +196,31 @@ class Predictor:
         return self.transform(image).unsqueeze(0)
 
     @torch.inference_mode()
-    def predict_images(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
-        """Class probabilities for already-loaded images."""
+    def analyse_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        """Calibrated class probabilities and the OOD score for already-loaded images."""
         batch = torch.cat([self.model_input(image) for image in images]).to(self.device)
-        probabilities = torch.softmax(self.model(batch).float(), dim=1).cpu().numpy()
-        return [{c: float(p) for c, p in zip(self.classes, row, strict=False)} for row in probabilities]
+        features = self.model.backbone(batch)
+        logits = self.model.head(features).float() / self.temperature
+        probabilities = torch.softmax(logits, dim=1).cpu().numpy()
+        scores = self.ood.score(features.float().cpu().numpy()) if self.ood is not None else [None] * len(images)
+        threshold = self.ood.threshold if self.ood is not None else None
+        return [
+            Prediction(
+                {c: float(p) for c, p in zip(self.classes, row, strict=False)},
+                self.calibrated,
+                None if score is None else float(score),
+                threshold,
+            )
+            for row, score in zip(probabilities, scores, strict=True)
+        ]
+
+    def analyse(self, sources: Sequence[Source]) -> list[Prediction]:
+        """:meth:`analyse_images` for image files (each loaded with the one image loader)."""
+        return self.analyse_images([self.load(source) for source in sources])
+
+    def predict_images(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
+        """Class probabilities (calibrated when the export is) for already-loaded images."""
+        return [result.probabilities for result in self.analyse_images(images)]
 
     def predict(self, sources: Sequence[Source]) -> list[dict[str, float]]:
         """Class probabilities for image files (each loaded with the one image loader)."""

@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from sslmed import __version__
+from sslmed.calibration import reliability_figure
 from sslmed.checkpoints import (
     atomic_write_json,
     atomic_write_text,
@@ -48,10 +49,12 @@ from sslmed.plugins import get_registry, plugin_infos
 from sslmed.predict import export_classifier
 from sslmed.recipe import Recipe, load_raw, validate
 from sslmed.registry import Registry
+from sslmed.trust import TrustFit, fit_trust
 
 log = logging.getLogger(__name__)
 
 RUN_DIR_ENV = "SSLMED_RUN_DIR"  # hands the run folder to DDP worker processes
+RELIABILITY_FIGURE = "reliability.png"  # the exported probe's reliability diagram, in the run folder
 
 
 @dataclass
@@ -339,6 +342,12 @@ def evaluate_run(
                 }
             )
 
+    trust = None
+    if "linear" in features.probes and source.task != "multilabel":
+        trust = fit_trust_for(features, labels, source.classes, settings.seed)
+        if trust.calibration is not None:
+            title = f"{recipe.name}: linear probe on {settings.data} ({settings.test_split} split)"
+            reliability_figure(trust.calibration, run_dir / RELIABILITY_FIGURE, title)
     if "linear" in features.probes:
         extras = read_backbone_meta(step_dir).get("extras", {})
         export_classifier(
@@ -365,8 +374,22 @@ def evaluate_run(
                 },
             },
             extra_tensors={name: load_tensors(step_dir / f"{name}.safetensors") for name in extras},
+            trust=trust,
         )
-    return write_results(run_dir, recipe, rows, source.classes)
+    return write_results(run_dir, recipe, rows, source.classes, trust.results() if trust else None)
+
+
+def fit_trust_for(features: FeatureSet, labels: dict[str, np.ndarray], classes: list[str], seed: int) -> TrustFit:
+    """Calibration and OOD score of the exported linear probe (see :mod:`sslmed.trust`)."""
+    log.info("evaluation: calibrating the linear probe and fitting the out-of-distribution score")
+    return fit_trust(
+        features.probes["linear"],
+        len(classes),
+        (features.train, labels["train"]),
+        (features.test, labels["test"]),
+        (features.val, labels["val"]) if features.val is not None else None,
+        seed=seed,
+    )
 
 
 def results_table(rows: list[dict[str, Any]], classes: list[str]) -> str:
@@ -387,9 +410,41 @@ def results_table(rows: list[dict[str, Any]], classes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_results(run_dir: Path, recipe: Recipe, rows: list[dict[str, Any]], classes: list[str]) -> RunResult:
-    """``results.json`` (everything), ``results.csv`` (flat) and ``results.md`` (the table)."""
-    atomic_write_json(run_dir / "results.json", {"recipe": recipe.name, "classes": classes, "rows": rows})
+def trust_markdown(trust: dict[str, Any] | None) -> str:
+    """The calibration and OOD lines under the results table ('' without them)."""
+    if not trust:
+        return ""
+    lines = [""]
+    cal = trust.get("calibration")
+    if cal:
+        lines.append(
+            f"Calibration of the exported linear probe: temperature {cal['temperature']:.3f} fitted on "
+            f"{cal['fitted_on']} ({cal['fitted_images']} images); on the test split ({cal['test_images']} images) "
+            f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}, Brier {cal['brier_before']:.3f} -> "
+            f"{cal['brier_after']:.3f} ({cal['bins']} bins; reliability diagram: {RELIABILITY_FIGURE})."
+        )
+    ood = trust.get("ood")
+    if ood:
+        lines.append(
+            f"Out-of-distribution threshold {ood['threshold']:.3f} "
+            f"({ood['quantile']:.0%} quantile of {ood['fitted_on']}); "
+            f"test images flagged: {ood['test_flagged']:.1%} of {ood['test_images']}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    run_dir: Path,
+    recipe: Recipe,
+    rows: list[dict[str, Any]],
+    classes: list[str],
+    trust: dict[str, Any] | None = None,
+) -> RunResult:
+    """``results.json`` (everything), ``results.csv`` (flat) and ``results.md`` (the table);
+    ``trust`` (calibration and OOD of the exported probe) goes into the JSON and the Markdown."""
+    atomic_write_json(
+        run_dir / "results.json", {"recipe": recipe.name, "classes": classes, "rows": rows, **(trust or {})}
+    )
     buffer = io.StringIO()
     fields = ["model", "probe", "label_fraction", "train_images", "accuracy", "balanced_accuracy", "macro_auc"] + [
         f"recall_{c}" for c in classes
@@ -402,5 +457,5 @@ def write_results(run_dir: Path, recipe: Recipe, rows: list[dict[str, Any]], cla
     table = results_table(rows, classes)
     evaluation = recipe.evaluation
     title = f"# {recipe.name}: probe on {evaluation.data if evaluation else '?'} ({evaluation.test_split if evaluation else ''} split)\n\n"
-    atomic_write_text(run_dir / "results.md", title + table + "\n")
+    atomic_write_text(run_dir / "results.md", title + table + "\n" + trust_markdown(trust))
     return RunResult(run_dir, rows, table)
