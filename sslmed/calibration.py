@@ -190,7 +190,7 @@ def reliability_figure(calibration: Calibration | dict[str, Any], path: Path, ti
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-class probability)")
         ax.set_title(f"{name}\nECE {data[f'ece_{key}']:.3f}, Brier {data[f'brier_{key}']:.3f}", fontsize=9)
     axes[0].set_ylabel("accuracy")
-    axes[0].legend(loc="upper left", fontsize=8)
+    axes[0].legend(loc="lower right", fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()

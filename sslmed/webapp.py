@@ -433,24 +433,32 @@ def launch_options(
 ) -> dict[str, Any]:
     """Keyword arguments for ``demo.launch`` that go with :func:`build_demo`.
 
-    Only the examples folder is served besides uploads; Gradio itself refuses uploads
+    Only the examples folder is served besides uploads; :class:`UploadLimit` refuses uploads
     far over the limit (twice it, plus 1 MB) so that huge files never reach the disk,
     while the page explains the limit for the ones in between. With ``demo`` (made by
     :func:`build_demo`) the app also gets ``POST /api/classify``; with ``guard`` every
     page, Gradio endpoint and ``/api/classify`` needs a login.
     """
     allowed = [str(Path(examples_dir).resolve())] if examples_dir and Path(examples_dir).is_dir() else []
-    extra: dict[str, Any] = {}
+    from starlette.middleware import Middleware
+
+    hard_limit = int(max_upload_mb * 2e6 + 1e6)
+    app_kwargs: dict[str, Any] = {
+        "middleware": [Middleware(UploadLimit, limit=hard_limit, max_upload_mb=max_upload_mb)]
+    }
     service = getattr(demo, "sslmed_service", None)
     if service is not None:
-        extra["app_kwargs"] = {"routes": api_routes(service, guard, getattr(demo, "sslmed_concurrency", 2))}
+        app_kwargs["routes"] = api_routes(service, guard, getattr(demo, "sslmed_concurrency", 2))
+    extra: dict[str, Any] = {"app_kwargs": app_kwargs}
     if guard is not None:
         extra["auth"] = guard
         extra["auth_message"] = "This sslmed server needs a login (ask whoever runs it)."
     return {
         **extra,
         "allowed_paths": allowed,
-        "max_file_size": int(max_upload_mb * 2e6 + 1e6),
+        # no Gradio limit: its page would refuse big files in its own words; UploadLimit
+        # refuses them on the server, before they are read, in sslmed's
+        "max_file_size": None,
         "share": False,
         "show_error": False,
         "footer_links": ["api"],
@@ -539,6 +547,31 @@ def api_routes(service: DemoService, guard: LoginGuard | None = None, concurrenc
         return JSONResponse({"label": top, **result.as_dict()})
 
     return [Route("/api/classify", classify, methods=["POST"])]
+
+
+class UploadLimit:
+    """ASGI middleware: an upload (``POST .../upload``) whose declared size is over
+    ``limit`` bytes is answered at once with 413 and sslmed's message, before any of it
+    is read or stored (Gradio's own limit would answer with its own words)."""
+
+    def __init__(self, app: Any, limit: int, max_upload_mb: float) -> None:
+        self.app, self.limit, self.max_upload_mb = app, limit, max_upload_mb
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/upload"):
+            headers = dict(scope.get("headers") or [])
+            declared = int(headers.get(b"content-length", b"0") or 0)
+            if declared > self.limit:
+                from starlette.responses import PlainTextResponse
+
+                message = (
+                    f"The file is about {declared / 1e6:.3g} MB; the limit is {self.max_upload_mb:g} MB. "
+                    "Upload a smaller export of the image (e.g. PNG or JPEG)."
+                )
+                # plain text: the page shows the body as it is ("HTTP 413: The file is ...")
+                await PlainTextResponse(message, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 # ------------------------------------------------------------------ logins
