@@ -61,9 +61,12 @@ class DemoError(gr.Error):
     what went wrong (``title``) and answered with HTTP ``status`` by ``/api/classify``."""
 
     def __init__(self, message: str, title: str = "Cannot classify this file", status: int = 400) -> None:
-        super().__init__(message, title=title, print_exception=False)
+        # Gradio 6's page titles every error toast "Error" whatever the title, so the
+        # message starts with it too ("File too large — scan.png: ...")
+        super().__init__(f"{title} — {message}", title=title, print_exception=False)
         self.title = title
         self.status = status
+        self.text = message
 
 
 class DemoService:
@@ -501,7 +504,7 @@ def api_routes(service: DemoService, guard: LoginGuard | None = None, concurrenc
     limit = int(service.max_upload_mb * 1e6)
 
     def refuse(error: DemoError) -> JSONResponse:
-        return JSONResponse({"error": error.message, "title": error.title}, status_code=error.status)
+        return JSONResponse({"error": error.text, "title": error.title}, status_code=error.status)
 
     async def classify(request: Request) -> JSONResponse:
         if guard is not None and not guard.check_basic(request.headers.get("authorization")):
