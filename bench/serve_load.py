@@ -56,8 +56,8 @@ def export_resnet18(directory: Path, image_size: int = 224) -> Path:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from sslmed.export import export_classifier
     from sslmed.plugins import get_registry
-    from sslmed.predict import export_classifier
 
     torch.manual_seed(0)
     spec = {"name": "resnet18", "small_input": False}

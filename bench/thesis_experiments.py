@@ -35,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = ["simclr", "simclr_erasing", "simclr_mdre", "crsm", "crsm_multistep", "crsm_transfer"]
 TARGETS = ["covid3", "pneumoniamnist"]
+#: the report's names for the thesis's methods, and the claims it checks
+LABELS = REPO / "bench" / "thesis_labels.yaml"
 
 
 def target_overrides(recipe: str, target: str) -> list[str]:
@@ -239,11 +241,21 @@ def main() -> int:
     failed = [e for e in done if e["run_dir"] is None]
     print(f"sweep: {len(finished)} of {len(done)} runs finished in {sweep_seconds:.0f} s", flush=True)
     if finished:
-        from sslmed.report import build_report
+        from sslmed.report import Labels, build_report
 
         gpu = record["machine"].get("gpu") or "CPU"
-        title = f"Thesis experiments ({args.scale} scale, {gpu}, {record['machine']['cpus']} CPUs, sweep {sweep_seconds:.0f} s)"
-        path = build_report(finished, out / "report", samples=args.bootstrap, title=title, command=record["command"])
+        title = (
+            f"Thesis experiments ({args.scale} scale, {gpu}, {record['machine']['cpus']} CPUs, "
+            f"sweep {sweep_seconds:.0f} s)"
+        )
+        path = build_report(
+            finished,
+            out / "report",
+            samples=args.bootstrap,
+            title=title,
+            command=record["command"],
+            labels=Labels.from_file(LABELS),
+        )
         print(f"report: {path}", flush=True)
     for experiment in failed:
         print(f"FAILED: {experiment['id']}: {experiment['status']}", file=sys.stderr)

@@ -26,8 +26,8 @@ from lightly.transforms import SimCLRTransform
 from PIL import Image
 
 from sslmed.data import ArrayReader, ImageDataset, ImageRecord, ImageSource, resolve_data_root
+from sslmed.default_plugins.backbones import ResNetBackbone
 from sslmed.engine import build_method, make_trainer
-from sslmed.models import ResNetBackbone
 from sslmed.plugins import get_registry
 from sslmed.recipe import StepSettings
 from sslmed.transforms import build_view_pipeline, normalize_values
@@ -182,7 +182,8 @@ def main() -> None:
             results["sslmed"].append(sslmed_side(args, source, step, Path(tmp)))
         results["handwritten"].append(handwritten_side(args, images))
         print(
-            f"round {round_index + 1}: sslmed {results['sslmed'][-1]:.1f} img/s, hand-written {results['handwritten'][-1]:.1f} img/s",
+            f"round {round_index + 1}: sslmed {results['sslmed'][-1]:.1f} img/s, "
+            f"hand-written {results['handwritten'][-1]:.1f} img/s",
             flush=True,
         )
     ratios = [a / b for a, b in zip(results["sslmed"], results["handwritten"], strict=False)]

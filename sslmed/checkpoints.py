@@ -19,31 +19,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sslmed.errors import CheckpointError
+from sslmed.rundir import (  # noqa: F401 (the atomic writers are used from here too)
+    BACKBONE,
+    MODEL_EXPORT,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    meta_file,
+    weights_file,
+)
 
 FORMAT_VERSION = 1
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically, pretty-printed."""
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -80,13 +66,13 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def save_backbone(directory: Path, backbone: torch.nn.Module, meta: dict[str, Any]) -> None:
     """Export a backbone's weights and description (``meta``: spec, in_channels, ...)."""
-    save_tensors(directory / "backbone.safetensors", backbone.state_dict())
-    atomic_write_json(directory / "backbone.json", {"format": FORMAT_VERSION, **meta})
+    save_tensors(weights_file(directory, BACKBONE), backbone.state_dict())
+    atomic_write_json(meta_file(directory, BACKBONE), {"format": FORMAT_VERSION, **meta})
 
 
 def read_backbone_meta(directory: Path) -> dict[str, Any]:
     """The JSON description of a backbone export."""
-    return _read_json(directory / "backbone.json")
+    return _read_json(meta_file(directory, BACKBONE))
 
 
 def load_backbone_weights(
@@ -103,7 +89,7 @@ def load_backbone_weights(
             raise CheckpointError(
                 f"{directory}: checkpoint is from another model: {key} is {meta.get(key)!r}, expected {value!r}"
             )
-    state = load_tensors(directory / "backbone.safetensors")
+    state = load_tensors(weights_file(directory, BACKBONE))
     result = backbone.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
@@ -115,13 +101,13 @@ def load_backbone_weights(
 
 def save_model(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Export a classifier (backbone + head tensors) with its description."""
-    save_tensors(directory / "model.safetensors", tensors)
-    atomic_write_json(directory / "model.json", {"format": FORMAT_VERSION, **meta})
+    save_tensors(weights_file(directory, MODEL_EXPORT), tensors)
+    atomic_write_json(meta_file(directory, MODEL_EXPORT), {"format": FORMAT_VERSION, **meta})
 
 
 def load_model_files(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and description of a model export."""
-    meta = _read_json(directory / "model.json")
+    meta = _read_json(meta_file(directory, MODEL_EXPORT))
     if meta.get("format") != FORMAT_VERSION or "backbone" not in meta or "classes" not in meta:
-        raise CheckpointError(f"{directory / 'model.json'}: not an sslmed model description")
-    return load_tensors(directory / "model.safetensors"), meta
+        raise CheckpointError(f"{meta_file(directory, MODEL_EXPORT)}: not an sslmed model description")
+    return load_tensors(weights_file(directory, MODEL_EXPORT)), meta

@@ -448,7 +448,9 @@ def verify_source(source: ImageSource, on_error: OnError = "error", workers: int
             reasons = list(pool.map(check, [p for _, _, p in checks], chunksize=32))
     else:
         reasons = [check(p) for _, _, p in checks]
-    bad = [(split, record, path, reason) for (split, record, path), reason in zip(checks, reasons, strict=False) if reason]
+    bad = [
+        (split, record, path, reason) for (split, record, path), reason in zip(checks, reasons, strict=False) if reason
+    ]
     return apply_failures(source, bad, on_error)
 
 
@@ -488,12 +490,14 @@ def skipped_file_text(source: ImageSource) -> str:
     return buffer.getvalue()
 
 
-def write_run_data(run_dir: Path, sources: Mapping[str, ImageSource]) -> None:
+def write_run_data(run_dir: Any, sources: Mapping[str, ImageSource]) -> None:
     """Record each source's splits (``splits/<alias>.csv``, pinnable with ``split_file:``)
-    and the files it left out (``skipped/<alias>.csv``) in a run folder."""
-    from sslmed.checkpoints import atomic_write_text
+    and the files it left out (``skipped/<alias>.csv``) in a run folder (a path or a
+    :class:`sslmed.rundir.RunDir`)."""
+    from sslmed.rundir import RunDir, atomic_write_text
 
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     for alias, source in sources.items():
-        atomic_write_text(Path(run_dir) / "splits" / f"{alias}.csv", split_file_text(source))
+        atomic_write_text(run.split_file(alias), split_file_text(source))
         if source.skipped:
-            atomic_write_text(Path(run_dir) / "skipped" / f"{alias}.csv", skipped_file_text(source))
+            atomic_write_text(run.skipped_file(alias), skipped_file_text(source))

@@ -25,6 +25,7 @@ from sslmed.errors import SslmedError, UsageError
 from sslmed.methods import SSLMethod
 from sslmed.recipe import StepSettings
 from sslmed.registry import Registry
+from sslmed.rundir import LOGS, StepDir
 from sslmed.transforms import build_view_pipeline, image_mode
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def backbone_identity(step: StepSettings) -> dict[str, Any]:
 
 def step_is_done(directory: Path) -> bool:
     """A step is done once its backbone export exists (written last, atomically)."""
-    return (directory / "backbone.safetensors").is_file() and (directory / "backbone.json").is_file()
+    return StepDir(directory).is_done()
 
 
 def build_method(step: StepSettings, registry: Registry) -> SSLMethod:
@@ -81,7 +82,7 @@ def make_loader(step: StepSettings, source: ImageSource, registry: Registry) -> 
 def make_trainer(step: StepSettings, directory: Path, progress: bool = True) -> L.Trainer:
     """A Lightning Trainer configured from the step's settings."""
     checkpoints = ModelCheckpoint(
-        dirpath=directory / "checkpoints",
+        dirpath=StepDir(directory).checkpoints,
         filename="epoch{epoch}-step{step}",
         save_last=True,
         save_top_k=1,
@@ -97,7 +98,7 @@ def make_trainer(step: StepSettings, directory: Path, progress: bool = True) -> 
         precision=step.precision,
         sync_batchnorm=step.sync_batchnorm,
         default_root_dir=directory,
-        logger=CSVLogger(directory, name="logs", version=""),
+        logger=CSVLogger(directory, name=LOGS, version=""),  # -> StepDir.metrics_csv
         callbacks=[checkpoints],
         log_every_n_steps=step.log_every_n_steps,
         enable_model_summary=False,
@@ -123,7 +124,7 @@ def train_step(
         log.info("step %s: backbone initialised from %s", step.name, init_from)
     loader = make_loader(step, source, registry)
     trainer = make_trainer(step, directory, progress)
-    last = directory / "checkpoints" / "last.ckpt"
+    last = StepDir(directory).last_checkpoint
     resume_from = str(last) if last.is_file() else None
     if resume_from:
         log.info("step %s: resuming from %s", step.name, last)
@@ -133,7 +134,7 @@ def train_step(
     if trainer.is_global_zero:
         extras = method.extra_exports()
         for name, (module, _description) in extras.items():
-            save_tensors(directory / f"{name}.safetensors", module.state_dict())
+            save_tensors(StepDir(directory).extra_weights(name), module.state_dict())
         save_backbone(
             directory,
             method.backbone,

@@ -4,30 +4,39 @@ Every results table shows the pre-trained backbone next to the same backbone at
 random initialisation, a probe on raw pixels and a supervised-from-scratch model, so
 a reader sees what pre-training bought. Probe settings are chosen on the validation
 split when the data has one; the test split is only ever scored.
+
+:func:`evaluate` is the one call: it returns the rows and the fitted linear probe;
+:mod:`sslmed.results` writes them and :mod:`sslmed.export` exports the probe. What
+differs between multi-class and multi-label data is asked of the data's
+:class:`~sslmed.tasks.Task`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score, roc_auc_score
-from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torchvision.transforms import v2
 
-from sslmed.data import ImageDataset, ImageRecord, ImageSource, targets_matrix
+from sslmed.checkpoints import load_backbone_weights
+from sslmed.data import ImageDataset, ImageRecord, ImageSource
+from sslmed.engine import backbone_identity
 from sslmed.models import Backbone
-from sslmed.recipe import EvaluationSettings, SupervisedSettings
+from sslmed.recipe import EvaluationSettings, Recipe, SupervisedSettings
+from sslmed.registry import Registry
+from sslmed.rundir import StepDir
+from sslmed.tasks import MULTICLASS, Task, task_for
 from sslmed.transforms import eval_transform, image_mode
+from sslmed.trust import TrustFit, fit_trust
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +56,13 @@ class LabelledSplit:
     records: list[ImageRecord]
 
     @property
+    def task(self) -> Task:
+        return task_for(self.source.task)
+
+    @property
     def labels(self) -> np.ndarray:
         """Class indices (``N``), or for multi-label sources targets (``N×findings``, nan: unknown)."""
-        if self.source.task == "multilabel":
-            return targets_matrix(self.records, len(self.source.classes))
-        return np.array([r.label for r in self.records])
+        return self.task.labels(self.records, len(self.source.classes))
 
     def loader(
         self, transform: Callable, in_channels: int, batch_size: int, shuffle: bool = False
@@ -87,70 +98,14 @@ def extract_features(
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
-def metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro one-vs-rest AUC, per-class recall, confusion matrix."""
-    labels = list(range(len(classes)))
-    y_pred = proba.argmax(axis=1)
-    present = sorted(set(y_true.tolist()))
-    try:
-        if len(classes) == 2:
-            auc = float(roc_auc_score(y_true, proba[:, 1]))
-        elif len(present) == len(classes):
-            auc = float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels))
-        else:
-            auc = float("nan")
-    except ValueError:
-        auc = float("nan")
-    recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
-    return {
-        "accuracy": float((y_pred == y_true).mean()),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "macro_auc": auc,
-        "recall": {c: float(r) for c, r in zip(classes, recalls, strict=False)},
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
-
-
-def predictions(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
-    """Per-image test labels and class probabilities, kept in results for bootstrap CIs."""
-    return {"y_true": [int(y) for y in y_true], "proba": np.round(proba, 5).tolist()}
-
-
-def subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Indices of a class-stratified ``fraction`` of the labels (at least one per class)."""
-    indices = np.arange(len(labels))
-    if fraction >= 1.0:
-        return indices
-    n_classes = len(set(labels.tolist()))
-    size = max(n_classes, int(round(fraction * len(labels))))
-    chosen, _rest = train_test_split(indices, train_size=size, stratify=labels, random_state=seed)
-    return np.sort(chosen)
-
-
-def _full_proba(model: Any, features: np.ndarray, n_classes: int) -> np.ndarray:
-    """Probabilities over all classes, even if the probe saw only some of them."""
-    proba = np.zeros((len(features), n_classes))
-    proba[:, model.classes_] = model.predict_proba(features)
-    return proba
-
-
 def linear_probe(c: float, seed: int) -> Pipeline:
-    """Standardised features -> multinomial logistic regression."""
+    """Standardised features -> (multinomial) logistic regression."""
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
 
 
-def fit_linear(
-    train_x: np.ndarray, train_y: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None, seed: int
-) -> tuple[Pipeline, float]:
-    """A linear probe with its regularisation chosen on ``val`` (C=1 without one)."""
-    best_c = 1.0
-    if val is not None and len(val[1]):
-        scores = {}
-        for c in PROBE_C_GRID:
-            probe = linear_probe(c, seed).fit(train_x, train_y)
-            scores[c] = balanced_accuracy_score(val[1], probe.predict(val[0]))
-        best_c = max(scores, key=lambda c: (scores[c], -abs(np.log10(c))))
-    return linear_probe(best_c, seed).fit(train_x, train_y), best_c
+def knn_probe(k: int) -> KNeighborsClassifier:
+    """Cosine-distance-weighted k nearest neighbours."""
+    return KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance")
 
 
 @dataclass
@@ -161,60 +116,92 @@ class FeatureSet:
     train: np.ndarray
     test: np.ndarray
     val: np.ndarray | None = None
-    probes: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_linear(
+    task: Task,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None,
+    classes: list[str],
+    seed: int,
+) -> tuple[Any, float]:
+    """A linear probe with its regularisation chosen on ``val`` by the task's selection
+    score (C=1 without one); ties go to the C nearest 1."""
+    best_c = 1.0
+    if val is not None and len(val[1]):
+        scores = {}
+        for c in PROBE_C_GRID:
+            probe = task.fit_probe(lambda c=c: linear_probe(c, seed), *train)
+            scores[c] = task.selection_score(val[1], task.probe_proba(probe, val[0], len(classes)), classes)
+        best_c = max(scores, key=lambda c: (scores[c], -abs(np.log10(c))))
+    return task.fit_probe(lambda: linear_probe(best_c, seed), *train), best_c
+
+
+@dataclass
+class Probed:
+    """What :func:`probe_rows` fitted: the rows, and the linear probe on all labels."""
+
+    rows: list[dict[str, Any]]
+    linear: Any = None
 
 
 def probe_rows(
-    features: FeatureSet, labels: dict[str, np.ndarray], classes: list[str], settings: EvaluationSettings
-) -> list[dict[str, Any]]:
-    """One row per probe and label fraction for one model's features."""
-    if labels["train"].ndim == 2:  # multi-label targets (e.g. CheXpert findings)
-        return multilabel_probe_rows(features, labels, classes, settings)
-    rows = []
-    val = (features.val, labels["val"]) if features.val is not None else None
+    features: FeatureSet,
+    labels: dict[str, np.ndarray],
+    classes: list[str],
+    settings: EvaluationSettings,
+    task: Task | None = None,
+) -> Probed:
+    """One row per probe and label fraction for one model's features; ``task`` defaults
+    to multi-label for ``N×findings`` labels, else multi-class."""
+    task = task or task_for("multilabel" if labels["train"].ndim == 2 else "multiclass")
+    probed = Probed([])
+    val = (features.val, labels["val"]) if features.val is not None and "val" in labels else None
     for fraction in settings.label_fractions:
-        chosen = subsample(labels["train"], fraction, settings.seed)
+        chosen = task.subsample(labels["train"], fraction, settings.seed)
         x, y = features.train[chosen], labels["train"][chosen]
         for probe_name in settings.probes:
             if probe_name == "linear":
-                model, c = fit_linear(x, y, val, settings.seed)
-                extra = {"C": c}
+                model, c = fit_linear(task, (x, y), val, classes, settings.seed)
+                extra: dict[str, Any] = {"C": c}
             else:
                 k = min(settings.knn_k, len(y))
-                model = KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance").fit(x, y)
+                model = task.fit_probe(lambda k=k: knn_probe(k), x, y)
                 extra = {"k": k}
-            proba = _full_proba(model, features.test, len(classes))
-            rows.append(
-                {
-                    "model": features.model,
-                    "probe": probe_name,
-                    "label_fraction": fraction,
-                    "train_images": int(len(y)),
-                    **extra,
-                    **metrics(labels["test"], proba, classes),
-                    "test_predictions": predictions(labels["test"], proba),
-                }
-            )
+            proba = task.probe_proba(model, features.test, len(classes))
+            row = {
+                "model": features.model,
+                "probe": probe_name,
+                "label_fraction": fraction,
+                "train_images": int(len(y)),
+                **extra,
+                **task.metrics(labels["test"], proba, classes),
+            }
+            kept = task.predictions(labels["test"], proba)
+            if kept is not None:
+                row["test_predictions"] = kept
+            probed.rows.append(row)
             if probe_name == "linear" and fraction == 1.0:
-                features.probes["linear"] = model
-    return rows
+                probed.linear = model
+    return probed
 
 
 class SupervisedModule(L.LightningModule):
-    """Backbone + linear layer trained with cross-entropy: the supervised reference."""
+    """Backbone + linear layer trained with the task's loss: the supervised reference."""
 
-    def __init__(self, backbone: Backbone, n_classes: int, lr: float) -> None:
+    def __init__(self, backbone: Backbone, n_classes: int, lr: float, task: Task | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = torch.nn.Linear(backbone.feature_dim, n_classes)
         self.lr = lr
+        self.task = task or task_for(None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
     def training_step(self, batch: Any, _index: int) -> torch.Tensor:
         images, labels = batch
-        loss = torch.nn.functional.cross_entropy(self(images), labels)
+        loss = self.task.loss(self(images), labels)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -239,7 +226,8 @@ def supervised_proba(
 ) -> np.ndarray:
     """Train ``backbone`` from scratch on the labels, return test probabilities."""
     L.seed_everything(seed, workers=True, verbose=False)
-    chosen = subsample(train.labels, fraction, seed)
+    task = train.task
+    chosen = task.subsample(train.labels, fraction, seed)
     subset = LabelledSplit(train.source, [train.records[i] for i in chosen])
     augment = v2.Compose(
         [
@@ -250,7 +238,7 @@ def supervised_proba(
     )
     batch_size = min(settings.batch_size, len(subset.records))
     loader = subset.loader(augment, in_channels, batch_size, shuffle=True)
-    module = SupervisedModule(backbone, n_classes, settings.lr)
+    module = SupervisedModule(backbone, n_classes, settings.lr, task)
     trainer = L.Trainer(
         max_epochs=settings.epochs,
         max_steps=settings.max_steps,
@@ -266,120 +254,99 @@ def supervised_proba(
     chunks = []
     with torch.inference_mode():
         for images, _labels in test.loader(eval_transform(image_size, in_channels), in_channels, 128):
-            chunks.append(torch.softmax(module(images.to(device())), dim=1).float().cpu().numpy())
+            chunks.append(task.activate(module(images.to(device())).float()).cpu().numpy())
     return np.concatenate(chunks)
 
 
-# ------------------------------------------------------------------ multi-label
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` found: the results rows, and the pre-trained backbone with the
+    linear probe fitted on all its training labels (None without a linear probe)."""
+
+    rows: list[dict[str, Any]]
+    classes: list[str]
+    task: Task
+    backbone: Backbone
+    linear: Any = None
+    model: str = ""
+    #: the linear probe's temperature and OOD score (multi-class only; see :mod:`sslmed.trust`)
+    trust: TrustFit | None = None
 
 
-def multilabel_metrics(
-    y_true: np.ndarray, proba: np.ndarray, findings: Sequence[str], threshold: float = 0.5
-) -> dict[str, Any]:
-    """Per-finding AUC, sensitivity and accuracy over the images whose label is known
-    (``nan`` in ``y_true`` is left out); the summary keys are means over findings.
-
-    The keys match :func:`metrics` (``accuracy``, ``balanced_accuracy``, ``macro_auc``,
-    ``recall`` per finding) so results tables take both; ``auc`` and ``positives`` are
-    per finding.
-    """
-    auc, recall, accuracy, balanced, positives = {}, {}, {}, {}, {}
-    for j, finding in enumerate(findings):
-        known = ~np.isnan(y_true[:, j])
-        truth, score = y_true[known, j].astype(int), proba[known, j]
-        predicted = (score >= threshold).astype(int)
-        positives[finding] = int(truth.sum())
-        auc[finding] = float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else float("nan")
-        recall[finding] = float(predicted[truth == 1].mean()) if (truth == 1).any() else float("nan")
-        specificity = float((1 - predicted[truth == 0]).mean()) if (truth == 0).any() else float("nan")
-        accuracy[finding] = float((predicted == truth).mean()) if len(truth) else float("nan")
-        balanced[finding] = float(np.nanmean([recall[finding], specificity])) if len(truth) else float("nan")
-
-    def mean(values: dict[str, float]) -> float:
-        finite = [v for v in values.values() if not np.isnan(v)]
-        return float(np.mean(finite)) if finite else float("nan")
-
-    return {
-        "accuracy": mean(accuracy),
-        "balanced_accuracy": mean(balanced),
-        "macro_auc": mean(auc),
-        "recall": recall,
-        "auc": auc,
-        "positives": positives,
+def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: ImageSource) -> Evaluation:
+    """Probe the backbone exported in ``step_dir`` (the recipe's probed step) and its
+    references on ``source``, as the recipe's ``evaluation`` section says."""
+    settings = recipe.evaluation
+    assert settings is not None  # callers check; the message is theirs
+    step = recipe.probed_step()
+    task = task_for(source.task)
+    splits = {
+        "train": LabelledSplit(source, source.records(settings.train_split)),
+        "test": LabelledSplit(source, source.records(settings.test_split)),
     }
+    if "val" in source.splits and settings.train_split != "val" and settings.test_split != "val":
+        splits["val"] = LabelledSplit(source, source.records("val"))
+    labels = {name: split.labels for name, split in splits.items()}
+    size, channels, batch = step.image_size, step.in_channels, settings.batch_size
 
+    def build_backbone() -> Any:
+        L.seed_everything(settings.seed, verbose=False)
+        return registry.build("backbone", step.backbone.spec(), in_channels=channels)
 
-class MultiLabelProbe:
-    """One binary probe per finding, each fitted on the images whose label is known;
-    ``predict_proba`` gives ``N×findings`` probabilities of presence."""
-
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self.make = make
-        self.models: list[Any] = []
-
-    def fit(self, x: np.ndarray, y: np.ndarray) -> MultiLabelProbe:
-        self.models = []
-        for j in range(y.shape[1]):
-            known = ~np.isnan(y[:, j])
-            truth = y[known, j].astype(int)
-            if len(set(truth.tolist())) < 2:  # one class only: its frequency (or 0.5 with no label)
-                self.models.append(float(truth.mean()) if len(truth) else 0.5)
-            else:
-                model = self.make()
-                if getattr(model, "n_neighbors", 0) > len(truth):
-                    model.set_params(n_neighbors=len(truth))
-                self.models.append(model.fit(x[known], truth))
-        return self
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        columns = [
-            np.full(len(x), m) if isinstance(m, float) else m.predict_proba(x)[:, list(m.classes_).index(1)]
-            for m in self.models
-        ]
-        return np.stack(columns, axis=1)
-
-
-def multilabel_probe_rows(
-    features: FeatureSet, labels: dict[str, np.ndarray], findings: list[str], settings: EvaluationSettings
-) -> list[dict[str, Any]]:
-    """:func:`probe_rows` for multi-label targets: linear (C chosen on val by mean AUC)
-    and kNN probes, one binary probe per finding, scored by per-finding AUC."""
-    rows = []
-    train_y = labels["train"]
-    for fraction in settings.label_fractions:
-        chosen = np.arange(len(train_y))
-        if fraction < 1.0:
-            size = max(2, int(round(fraction * len(train_y))))
-            chosen = np.sort(np.random.default_rng(settings.seed).choice(len(train_y), size=size, replace=False))
-        x, y = features.train[chosen], train_y[chosen]
-        for probe_name in settings.probes:
-            if probe_name == "linear":
-                best_c = 1.0
-                if features.val is not None and len(labels.get("val", [])):
-                    scores = {}
-                    for c in PROBE_C_GRID:
-                        fitted = MultiLabelProbe(lambda c=c: linear_probe(c, settings.seed)).fit(x, y)
-                        scores[c] = multilabel_metrics(labels["val"], fitted.predict_proba(features.val), findings)[
-                            "macro_auc"
-                        ]
-                    best_c = max(scores, key=lambda c: (np.nan_to_num(scores[c], nan=-1.0), -abs(np.log10(c))))
-                model = MultiLabelProbe(lambda c=best_c: linear_probe(c, settings.seed)).fit(x, y)
-                extra: dict[str, Any] = {"C": best_c}
-            else:
-                k = min(settings.knn_k, len(y))
-                model = MultiLabelProbe(
-                    lambda k=k: KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance")
-                ).fit(x, y)
-                extra = {"k": k}
-            proba = model.predict_proba(features.test)
-            rows.append(
-                {
-                    "model": features.model,
-                    "probe": probe_name,
-                    "label_fraction": fraction,
-                    "train_images": int(len(y)),
-                    **extra,
-                    **multilabel_metrics(labels["test"], proba, findings),
-                }
+    pretrained = build_backbone()
+    load_backbone_weights(step_dir.path, pretrained, expect=backbone_identity(step))
+    log.info("evaluation: probing step %s on %s", step.name, settings.data)
+    name = f"sslmed:{step.name}"
+    models: dict[str, Backbone | None] = {name: pretrained}
+    if "random_init" in settings.baselines:
+        models["random_init"] = build_backbone()
+    if "raw_pixels" in settings.baselines:
+        models["raw_pixels"] = RAW_PIXELS
+    per_split = {k: extract_features(models, s, size, channels, batch) for k, s in splits.items()}
+    result = Evaluation([], source.classes, task, pretrained, model=name)
+    for model in models:
+        features = FeatureSet(
+            model, per_split["train"][model], per_split["test"][model], per_split.get("val", {}).get(model)
+        )
+        probed = probe_rows(features, labels, source.classes, settings, task)
+        result.rows += probed.rows
+        if model == name:
+            result.linear = probed.linear
+            if probed.linear is not None and task.name == MULTICLASS.name:
+                log.info("evaluation: calibrating the linear probe and fitting the out-of-distribution score")
+                result.trust = fit_trust(
+                    probed.linear,
+                    len(source.classes),
+                    (features.train, labels["train"]),
+                    (features.test, labels["test"]),
+                    (features.val, labels["val"]) if features.val is not None else None,
+                    seed=settings.seed,
+                )
+    if "supervised" in settings.baselines and not task.supervised_reference:
+        log.warning("evaluation: the supervised reference is not available for multi-label data yet; skipped")
+    elif "supervised" in settings.baselines:
+        log.info("evaluation: training the supervised reference")
+        for fraction in settings.label_fractions:
+            proba = supervised_proba(
+                build_backbone(),
+                splits["train"],
+                splits["test"],
+                len(source.classes),
+                size,
+                channels,
+                settings.supervised,
+                settings.seed,
+                fraction,
             )
-    return rows
+            row = {
+                "model": "supervised",
+                "probe": "end-to-end",
+                "label_fraction": fraction,
+                "train_images": int(len(splits["train"].records) * fraction),
+                **task.metrics(labels["test"], proba, source.classes),
+            }
+            kept = task.predictions(labels["test"], proba)
+            if kept is not None:
+                row["test_predictions"] = kept
+            result.rows.append(row)
+    return result

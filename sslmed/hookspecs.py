@@ -13,6 +13,13 @@ record which plugin provided which component.
 * ``args``: a pydantic model of the component's arguments. Recipes are validated
   against it before anything trains, and ``sslmed info`` documents it.
 * ``description``: one line for listings; defaults to the factory's docstring.
+
+A component can hold other components: an argument typed
+``Annotated[dict[str, Any], sslmed.registry.Nested("decoder")]`` (also inside lists,
+dicts and sub-models) is a spec ``{name: ..., <its arguments>}`` of that kind. Recipe
+validation checks it against that component's own argument model, with line numbers,
+and every factory that accepts a ``build`` keyword (or ``**kwargs``) receives
+``build(kind, spec, **context)`` to construct it.
 """
 
 from __future__ import annotations
@@ -46,9 +53,13 @@ def register_augmentations(register: Register) -> None:
 def register_backbones(register: Register) -> None:
     """Register backbones (encoders).
 
-    ``factory(args, *, in_channels) -> sslmed.models.Backbone``: a module whose
+    ``factory(args, *, in_channels, build) -> sslmed.models.Backbone``: a module whose
     ``forward`` returns pooled features ``B×feature_dim`` and whose
-    ``forward_features`` returns the last feature map ``B×C×h×w``.
+    ``forward_features`` returns the last feature map ``B×C×h×w``. It also sets
+    ``feature_dim``, ``in_channels`` and ``stride`` (the total down-sampling from the
+    input to the last feature map, which decoders use to size their up-sampling), and
+    implements ``last_stage()``, the module whose output is that feature map (the
+    target of Grad-CAM explanations).
     """
 
 
@@ -56,7 +67,7 @@ def register_backbones(register: Register) -> None:
 def register_decoders(register: Register) -> None:
     """Register decoders that reconstruct an image from a backbone's feature map.
 
-    ``factory(args, *, backbone, image_size, out_channels) -> nn.Module`` mapping
+    ``factory(args, *, backbone, image_size, out_channels, build) -> nn.Module`` mapping
     ``backbone.forward_features(x)`` back to a ``B×out_channels×image_size×image_size``
     image.
     """
@@ -68,8 +79,8 @@ def register_objectives(register: Register) -> None:
 
     ``factory(args, *, backbone, build, image_size, in_channels) ->
     sslmed.methods.SSLMethod``, a LightningModule that owns the backbone and its
-    heads. ``build(kind, spec)`` builds another registered component (e.g. a decoder)
-    from a recipe spec.
+    heads. ``build(kind, spec, **context)`` builds a nested component (e.g. a decoder
+    declared with ``Nested("decoder")``) from its spec.
     """
 
 
@@ -77,8 +88,11 @@ def register_objectives(register: Register) -> None:
 def register_datasets(register: Register) -> None:
     """Register dataset adapters.
 
-    ``factory(args, *, data_root) -> sslmed.data.ImageSource``, which lists the images
-    of each split with their labels and patient ids.
+    ``factory(args, *, data_root, build) -> sslmed.data.ImageSource``, which lists the
+    images of each split with their labels and patient ids. ``sslmed.adapters`` holds
+    the toolkit adapters share (loading and split options, ``finish_source``, CSV
+    reading, image suffixes); ``build("dataset", spec, data_root=...)`` builds member
+    datasets declared with ``Nested("dataset")`` (as ``union`` does).
     """
 
 

@@ -10,7 +10,7 @@ the validation split's scores: about 1% of in-distribution images are flagged.
 
 Stored with the model export as tensors (``ood.means``, ``ood.precision``) and a few
 numbers in ``model.json`` (``ood``: threshold, quantile, what it was fitted on);
-:meth:`FeatureDistance.score` needs only numpy or torch at prediction time.
+:meth:`FeatureDistance.score` needs only numpy at prediction time (scikit-learn only to fit).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.covariance import LedoitWolf
-from sklearn.metrics import roc_auc_score
 
 DEFAULT_QUANTILE = 0.99
 TENSOR_PREFIX = "ood"
@@ -97,6 +95,8 @@ def fit_feature_distance(
     """Class means and Ledoit-Wolf shared covariance from the training features, the
     threshold as the ``quantile`` of the scores of ``threshold_features`` (the
     validation split: images the means were not fitted on)."""
+    from sklearn.covariance import LedoitWolf  # here: predict loads this module without scikit-learn
+
     z = _normalise(train_features)
     labels = np.asarray(train_labels)
     classes = sorted(set(labels.tolist()))
@@ -120,6 +120,8 @@ def detection_summary(in_scores: np.ndarray, out_scores: np.ndarray, threshold: 
     AUROC (other = positive), the share of other images flagged at ``threshold``, the
     share of in-distribution images flagged there, and the share of other images
     flagged at the lowest threshold that flags at most 5% of in-distribution images."""
+    from sklearn.metrics import roc_auc_score
+
     in_scores, out_scores = np.asarray(in_scores), np.asarray(out_scores)
     truth = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
     at_5 = at_most_flagged(in_scores, 0.05)

@@ -1,9 +1,11 @@
 """Exported model -> classifier -> ``{label: probability}`` for image files.
 
 The classifier is the backbone of the probed step with the linear probe folded into
-one ``nn.Linear`` (standardisation included). It reads only safetensors and JSON, and
-preprocesses exactly as evaluation does, so predictions and reported metrics agree.
-It never imports the trainer.
+one ``nn.Linear`` (standardisation included; see :mod:`sslmed.export`). It reads only
+safetensors and JSON, preprocesses exactly as evaluation does and applies the task's
+activation named in ``model.json`` (softmax over classes, or for a multi-label model one
+sigmoid per finding), so predictions and reported metrics agree. It never imports the
+trainer or scikit-learn.
 
 When the export carries them, probabilities are calibrated (the logits divided by the
 temperature fitted on the validation split, ``model.json``'s ``calibration``) and each
@@ -16,71 +18,21 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
-from sklearn.pipeline import Pipeline
 
-from sslmed.checkpoints import load_model_files, save_model
-from sslmed.errors import CheckpointError
+from sslmed.checkpoints import load_model_files
+from sslmed.errors import CheckpointError, UsageError
 from sslmed.imaging import Source, load_image
 from sslmed.models import Backbone
 from sslmed.ood import TENSOR_PREFIX as OOD_PREFIX
 from sslmed.ood import FeatureDistance
 from sslmed.registry import Registry
+from sslmed.rundir import MODEL_EXPORT, RunDir, meta_file, weights_file
+from sslmed.tasks import Task, task_for
 from sslmed.transforms import eval_transform, image_mode
-
-if TYPE_CHECKING:
-    from sslmed.trust import TrustFit
-
-
-def linear_head_from_probe(probe: Pipeline, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold ``StandardScaler`` + ``LogisticRegression`` into one weight and bias giving
-    logits over all ``n_classes`` (softmax of them equals ``predict_proba``)."""
-    scaler, logistic = probe[0], probe[-1]
-    scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
-    coef = logistic.coef_ / scale
-    intercept = logistic.intercept_ - (logistic.coef_ * scaler.mean_ / scale).sum(axis=1)
-    if coef.shape[0] == 1:  # binary: p(class 1) = sigmoid(z) = softmax([0, z])[1]
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.concatenate([[0.0], intercept])
-    weight = np.zeros((n_classes, coef.shape[1]))
-    bias = np.full(n_classes, -1e4)  # classes the probe never saw get ~0 probability
-    weight[logistic.classes_] = coef
-    bias[logistic.classes_] = intercept
-    return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
-
-
-def export_classifier(
-    directory: Path,
-    backbone: Backbone,
-    probe: Pipeline,
-    meta: dict[str, Any],
-    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
-    trust: TrustFit | None = None,
-) -> None:
-    """Write ``model.safetensors`` + ``model.json`` (``meta``: backbone spec, classes, ...).
-
-    ``extra_tensors`` (e.g. a CRSM decoder's weights, by export name) are stored under
-    ``<name>.`` prefixes; ``meta["extras"]`` describes how to rebuild them. ``trust``
-    (:func:`sslmed.trust.fit_trust`) adds the temperature (``meta["calibration"]``; the
-    head stays uncalibrated, :class:`Predictor` divides by it) and the OOD score
-    (``ood.*`` tensors, ``meta["ood"]``).
-    """
-    weight, bias = linear_head_from_probe(probe, len(meta["classes"]))
-    tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    tensors.update({"head.weight": weight, "head.bias": bias})
-    if trust is not None:
-        meta = dict(meta)
-        if trust.calibration is not None:
-            meta["calibration"] = trust.calibration.summary()
-        meta["ood"] = trust.ood.meta()
-        tensors.update({f"{OOD_PREFIX}.{k}": v for k, v in trust.ood.to_tensors().items()})
-    for name, state in (extra_tensors or {}).items():
-        tensors.update({f"{name}.{k}": v for k, v in state.items()})
-    save_model(directory, tensors, meta)
 
 
 class Classifier(torch.nn.Module):
@@ -128,10 +80,10 @@ class Prediction:
 def find_model_dir(path: str | Path) -> Path:
     """A model export folder from a run folder, a model folder or a ``model.json`` path."""
     path = Path(path)
-    if path.is_file() and path.name in ("model.json", "model.safetensors"):
+    if path.is_file() and path in (meta_file(path.parent, MODEL_EXPORT), weights_file(path.parent, MODEL_EXPORT)):
         path = path.parent
-    for candidate in (path, path / "model"):
-        if (candidate / "model.json").is_file():
+    for candidate in (path, RunDir(path).model_dir):
+        if meta_file(candidate, MODEL_EXPORT).is_file():
             return candidate
     if not path.exists():
         raise CheckpointError(f"{path}: not found")
@@ -152,6 +104,11 @@ class Predictor:
         self.classes: list[str] = list(self.meta["classes"])
         self.image_size: int = int(self.meta["image_size"])
         self.in_channels: int = int(self.meta["in_channels"])
+        try:
+            #: multi-class (softmax) or multi-label (one sigmoid per finding)
+            self.task: Task = task_for(self.meta.get("task"))
+        except UsageError as exc:
+            raise CheckpointError(f"{meta_file(self.model_dir, MODEL_EXPORT)}: {exc}") from None
         backbone = registry.build("backbone", self.meta["backbone"], in_channels=self.in_channels)
         self.model = Classifier(backbone, len(self.classes))
         extras = self.meta.get("extras", {})
@@ -176,7 +133,7 @@ class Predictor:
             module.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
             self.extras[name] = module.to(self.device).eval()
         self.transform = eval_transform(self.image_size, self.in_channels)
-        #: logits are divided by this before the softmax (1.0: the export is not calibrated)
+        #: logits are divided by this before the activation (1.0: the export is not calibrated)
         self.temperature: float = float((self.meta.get("calibration") or {}).get("temperature", 1.0))
         self.calibrated = "calibration" in self.meta
         self._fast_backbone: torch.nn.Module | None = None
@@ -223,7 +180,7 @@ class Predictor:
             batch = batch.contiguous(memory_format=torch.channels_last)
         features = backbone(batch)
         logits = self.model.head(features).float() / self.temperature
-        probabilities = torch.softmax(logits, dim=1).cpu().numpy()
+        probabilities = self.task.activate(logits).cpu().numpy()
         scores = self.ood.score(features.float().cpu().numpy()) if self.ood is not None else [None] * len(images)
         threshold = self.ood.threshold if self.ood is not None else None
         return [
@@ -241,9 +198,10 @@ class Predictor:
         return self.analyse_images([self.load(source) for source in sources])
 
     def predict_images(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
-        """Class probabilities (calibrated when the export is) for already-loaded images."""
+        """Class probabilities (calibrated when the export is) for already-loaded images
+        (multi-label: one probability of presence per finding, which need not sum to 1)."""
         return [result.probabilities for result in self.analyse_images(images)]
 
     def predict(self, sources: Sequence[Source]) -> list[dict[str, float]]:
-        """Class probabilities for image files (each loaded with the one image loader)."""
+        """Class (or finding) probabilities for image files (each loaded with the one image loader)."""
         return self.predict_images([self.load(source) for source in sources])

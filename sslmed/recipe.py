@@ -11,14 +11,14 @@ from __future__ import annotations
 import copy
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from sslmed.errors import RecipeError, UsageError
-from sslmed.registry import Registry, close_matches
+from sslmed.registry import Nested, Registry, close_matches, nested_specs
 
 Loc = tuple[str | int, ...]
 
@@ -61,9 +61,9 @@ class StepSettings(_Strict):
     data: str = Field(description="a key of the recipe's data section")
     split: str = Field("train", description="which split of the data to pre-train on")
     init_from: str | None = Field(None, description="an earlier step whose backbone starts this one")
-    backbone: ComponentSpec
-    objective: ComponentSpec
-    augmentations: list[ComponentSpec] = Field(min_length=1)
+    backbone: Annotated[ComponentSpec, Nested("backbone")]
+    objective: Annotated[ComponentSpec, Nested("objective")]
+    augmentations: list[Annotated[ComponentSpec, Nested("augmentation")]] = Field(min_length=1)
     image_size: int = Field(64, ge=8, le=1024)
     in_channels: Literal[1, 3] = 1
     epochs: int = Field(1, ge=1)
@@ -122,7 +122,7 @@ class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     data_root: str | None = Field(None, description="where relative data paths start")
-    data: dict[str, ComponentSpec]
+    data: dict[str, Annotated[ComponentSpec, Nested("dataset")]]
     steps: list[StepSettings] = Field(min_length=1)
     evaluation: EvaluationSettings | None = None
 
@@ -346,12 +346,12 @@ class _Problems:
 
 
 def _check_component(problems: _Problems, registry: Registry, kind: str, raw: Any, loc: Loc) -> str | None:
-    """Validate one component spec against the registry; returns its name if known."""
+    """Validate one component spec, and the components nested in its arguments; returns
+    its name if known."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        return None  # the structural pass already reported it
+        return None  # the enclosing model's pass already reported it
     name = raw["name"]
-    names = registry.names(kind)
-    if name not in names:
+    if name not in registry.names(kind):
         problems.add(loc + ("name",), registry.unknown_message(kind, name))
         return None
     component = registry.get(kind, name)
@@ -361,37 +361,29 @@ def _check_component(problems: _Problems, registry: Registry, kind: str, raw: An
     except pydantic.ValidationError as exc:
         for error in exc.errors():
             problems.add(*_describe(error, component.args, loc))
+    for marker, spec, where in nested_specs(component.args, args, loc):
+        _check_component(problems, registry, marker.kind, spec, where)
     return name
 
 
 def _check_components(problems: _Problems, registry: Registry, data: dict[str, Any]) -> None:
-    for alias, spec in (data.get("data") or {}).items() if isinstance(data.get("data"), dict) else []:
-        _check_component(problems, registry, "dataset", spec, ("data", alias))
+    for marker, spec, loc in nested_specs(Recipe, data):
+        _check_component(problems, registry, marker.kind, spec, loc)
     steps = data.get("steps") if isinstance(data.get("steps"), list) else []
     for index, step in enumerate(steps):
-        if not isinstance(step, dict):
-            continue
-        _check_component(problems, registry, "backbone", step.get("backbone"), ("steps", index, "backbone"))
-        objective = step.get("objective")
-        if _check_component(problems, registry, "objective", objective, ("steps", index, "objective")):
-            decoder = objective.get("decoder") if isinstance(objective, dict) else None
-            if isinstance(decoder, dict):
-                _check_component(problems, registry, "decoder", decoder, ("steps", index, "objective", "decoder"))
-        augmentations = step.get("augmentations")
+        augmentations = step.get("augmentations") if isinstance(step, dict) else None
         if not isinstance(augmentations, list):
             continue
-        stages = []
-        for position, aug in enumerate(augmentations):
-            name = _check_component(
-                problems, registry, "augmentation", aug, ("steps", index, "augmentations", position)
-            )
-            if name:
-                stages.append(registry.get("augmentation", name).metadata.get("stage", "tensor"))
-        if len(stages) == len(augmentations) and stages.count("views") != 1:
-            problems.add(
-                ("steps", index, "augmentations"),
-                f"needs exactly one view-making augmentation (stage 'views', e.g. simclr), found {stages.count('views')}",
-            )
+        known = registry.names("augmentation")
+        names = [a.get("name") if isinstance(a, dict) else None for a in augmentations]
+        if all(name in known for name in names):
+            stages = [registry.get("augmentation", name).metadata.get("stage", "tensor") for name in names]
+            if stages.count("views") != 1:
+                problems.add(
+                    ("steps", index, "augmentations"),
+                    "needs exactly one view-making augmentation (stage 'views', e.g. simclr), "
+                    f"found {stages.count('views')}",
+                )
 
 
 def _check_references(problems: _Problems, recipe: Recipe) -> None:

@@ -1,15 +1,25 @@
-"""Components by kind and name: factory, argument model, and the plugin that gave it."""
+"""Components by kind and name: factory, argument model, and the plugin that gave it.
+
+An argument model may declare a field that is itself a component of some kind (a
+decoder inside an objective, member datasets inside a union) by marking it
+:class:`Nested`. Recipe validation finds such fields with :func:`nested_specs` and
+checks each spec against its own component, recursively; factories receive
+``build=`` (:meth:`Registry.build`) to construct them.
+"""
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import inspect
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
+from pydantic_core import core_schema
 
 from sslmed.errors import DuplicateComponentError, UnknownComponentError, UsageError
 
@@ -20,6 +30,83 @@ class NoArgs(pydantic.BaseModel):
     """Arguments of a component that takes none."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Nested:
+    """Marks an argument as a nested component of ``kind``: a spec ``{name: ..., <its arguments>}``.
+
+    Use it in an argument model as ``Annotated[dict[str, Any], Nested("decoder")]``
+    (also inside lists, dicts and sub-models). Recipe validation then checks the spec
+    against that component's own argument model, with line numbers, and the factory
+    builds it with the ``build`` callable it receives. ``exclude`` names components
+    of ``kind`` that are not allowed there (a union cannot contain another union).
+    """
+
+    kind: str
+    exclude: tuple[str, ...] = ()
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: pydantic.GetCoreSchemaHandler) -> Any:
+        # keep the field's own schema and add the checks every spec needs
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def _check(self, value: Any) -> Any:
+        name = value.get("name") if isinstance(value, Mapping) else getattr(value, "name", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"must be a {self.kind} spec with a name, e.g. {{name: <{self.kind}>, ...}}")
+        if name in self.exclude:
+            raise ValueError(f"a {self.kind} {name!r} is not allowed here")
+        return value
+
+
+NestedSpec = tuple[Nested, Any, tuple[str | int, ...]]
+
+
+def nested_specs(model: type[pydantic.BaseModel], raw: Any, loc: tuple[str | int, ...] = ()) -> Iterator[NestedSpec]:
+    """Every nested component spec in ``raw`` (plain data for ``model``), with its key path.
+
+    Walks the model's fields, sub-models, lists and dicts; a spec found is yielded as
+    ``(marker, spec, loc)`` and not entered (its arguments belong to its own model).
+    """
+    if not isinstance(raw, Mapping):
+        return
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key in raw:
+            yield from _walk(info.annotation, info.metadata, raw[key], loc + (key,))
+
+
+def _walk(annotation: Any, metadata: list[Any], value: Any, loc: tuple[str | int, ...]) -> Iterator[NestedSpec]:
+    for marker in metadata:
+        if isinstance(marker, Nested):
+            yield marker, value, loc
+            return
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        yield from _walk(args[0], list(args[1:]), value, loc)
+    elif isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        yield from nested_specs(annotation, value, loc)
+    elif origin in (list, tuple, set, frozenset) and isinstance(value, list) and args:
+        for index, item in enumerate(value):
+            yield from _walk(args[0], [], item, loc + (index,))
+    elif origin in (dict, Mapping) and isinstance(value, Mapping) and len(args) == 2:
+        for key, item in value.items():
+            yield from _walk(args[1], [], item, loc + (key,))
+    elif origin in (typing.Union, types.UnionType):
+        for option in args:  # the first alternative that holds specs (Optional[...] has one)
+            found = list(_walk(option, [], value, loc))
+            if found:
+                yield from found
+                return
+
+
+def _accepts(factory: Callable[..., Any], keyword: str) -> bool:
+    """Whether ``factory`` takes the keyword argument ``keyword`` (or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 @dataclass(frozen=True)
@@ -125,14 +212,23 @@ class Registry:
         """Every component called ``name``, whatever its kind."""
         return [c[name] for c in self._components.values() if name in c]
 
-    def build(self, kind: str, spec: dict[str, Any], **context: Any) -> Any:
-        """Build a component from a recipe spec ``{"name": ..., <args>}``."""
+    def build(self, kind: str, spec: Mapping[str, Any], **context: Any) -> Any:
+        """Build a component from a recipe spec ``{"name": ..., <args>}``.
+
+        ``context`` is what the kind's factory receives besides its arguments (see
+        :mod:`sslmed.hookspecs`); every factory that accepts it also gets ``build``,
+        this method, to construct the nested components its arguments declare.
+        """
         values = dict(spec)
-        name = values.pop("name")
+        name = values.pop("name", None)
+        if not isinstance(name, str):
+            raise UsageError(f"a {kind} spec needs a name, e.g. {{name: ...}}; got {dict(spec)!r}")
         component = self.get(kind, name)
         try:
             parsed = component.parse_args(values)
         except pydantic.ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise UsageError(f"{kind} {name!r}: {problems}") from None
+        if _accepts(component.factory, "build"):
+            context.setdefault("build", self.build)
         return component.factory(parsed, **context)

@@ -30,7 +30,7 @@ OUT_OF_FOLD = 5
 def probe_logits(probe: Pipeline, features: np.ndarray, n_classes: int) -> np.ndarray:
     """Logits over all ``n_classes`` of a standardised logistic-regression probe: the
     same numbers the exported linear head computes (softmax of them = ``predict_proba``)."""
-    from sslmed.predict import linear_head_from_probe
+    from sslmed.export import linear_head_from_probe
 
     weight, bias = linear_head_from_probe(probe, n_classes)
     return np.asarray(features, dtype=np.float64) @ weight.double().numpy().T + bias.double().numpy()

@@ -331,8 +331,11 @@ def build_demo(
             with gr.Column(scale=2):
                 warning = gr.Markdown("", elem_id="ood-warning")
                 label = gr.Label(
-                    num_top_classes=min(top_k, len(predictor.classes)),
-                    label="Class probabilities",
+                    # multi-label: every finding has its own probability, so all are shown
+                    num_top_classes=len(predictor.classes)
+                    if predictor.task.independent
+                    else min(top_k, len(predictor.classes)),
+                    label=predictor.task.probabilities_title,
                     elem_id="probabilities",
                 )
                 with gr.Accordion("Details (calibration, out-of-distribution score)", open=False):

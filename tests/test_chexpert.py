@@ -236,7 +236,7 @@ def test_argument_checks() -> None:
 
 
 def test_multilabel_metrics_leave_unknown_labels_out() -> None:
-    from sslmed.evaluation import multilabel_metrics
+    from sslmed.metrics import multilabel_metrics
 
     y = np.array([[1, 0], [0, np.nan], [1, 1], [0, 0]], dtype=float)
     proba = np.array([[0.9, 0.2], [0.1, 0.99], [0.8, 0.7], [0.3, 0.1]])
@@ -261,10 +261,28 @@ def test_multilabel_probe_rows_on_separable_features() -> None:
     features = FeatureSet("m", x[:80], x[80:])
     rows = probe_rows(
         features, {"train": y_train, "test": y[80:]}, ["A", "B", "C"], EvaluationSettings(data="d", knn_k=5)
-    )
+    ).rows
     assert [r["probe"] for r in rows] == ["linear", "knn"]
     for row in rows:
         assert set(row["auc"]) == {"A", "B", "C"} and row["macro_auc"] > 0.95
+
+
+def test_multilabel_probe_folds_into_a_sigmoid_head() -> None:
+    """The exported head reproduces the per-finding probe: sigmoid(x W^T + b) equals its
+    probabilities, also for a finding it could only keep as a constant frequency."""
+    from sslmed.evaluation import linear_probe
+    from sslmed.export import multilabel_head_from_probe
+    from sslmed.tasks import MULTILABEL, MultiLabelProbe
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 5))
+    y = np.stack([(x[:, 0] > 0), (x[:, 1] + x[:, 2] > 0), np.ones(60)], axis=1).astype(float)
+    y[::5, 1] = np.nan
+    probe = MultiLabelProbe(lambda: linear_probe(1.0, 0)).fit(x, y)
+    weight, bias = multilabel_head_from_probe(probe, 3)
+    folded = MULTILABEL.activate(torch.tensor(x, dtype=torch.float32) @ weight.T + bias).numpy()
+    np.testing.assert_allclose(folded, probe.predict_proba(x), atol=1e-4)
+    assert np.allclose(folded[:, 2], 1.0, atol=1e-4)  # the always-present finding
 
 
 def test_run_a_recipe_on_chexpert_with_per_finding_auc(tmp_path: Path) -> None:
@@ -309,3 +327,29 @@ evaluation:
     assert "corrupt or truncated" in skipped[0]["reason"]
     split_rows = list(csv.DictReader(open(result.run_dir / "splits" / "chexpert.csv")))
     assert len(split_rows) == 39 + 20 and {r["split"] for r in split_rows} == {"train", "test"}
+
+    # the multi-label run exports a model; predict applies one sigmoid per finding
+    import json
+
+    from click.testing import CliRunner
+
+    from sslmed.cli import cli
+    from sslmed.predict import Predictor
+
+    findings = ["Cardiomegaly", "Edema", "Pleural Effusion"]
+    meta = json.loads((result.run_dir / "model" / "model.json").read_text())
+    assert meta["task"] == "multilabel" and meta["activation"] == "sigmoid" and meta["classes"] == findings
+    images = [tree / r["path"] for r in split_rows if r["split"] == "test"][:4]
+    predicted = CliRunner().invoke(cli, ["predict", str(result.run_dir), *map(str, images)])
+    assert predicted.exit_code == 0, predicted.output
+    by_image = json.loads(predicted.stdout)
+    assert list(by_image) == [str(i) for i in images]
+    sums = [sum(p.values()) for p in by_image.values()]
+    assert all(list(p) == findings and all(0 < v < 1 for v in p.values()) for p in by_image.values())
+    assert any(abs(s - 1) > 0.01 for s in sums), f"per-finding probabilities look like a softmax: sums {sums}"
+    predictor = Predictor(result.run_dir, device="cpu")
+    with torch.inference_mode():
+        logits = predictor.model(torch.cat([predictor.model_input(predictor.load(i)) for i in images]))
+    expected = torch.sigmoid(logits).numpy()
+    got = np.array([[by_image[str(i)][f] for f in findings] for i in images])
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from sslmed.default_plugins.backbones import ResNetBackbone
 from sslmed.default_plugins.simclr import SimCLRArgs, SimCLRMethod
-from sslmed.models import ResNetBackbone
 
 GLOBAL_BATCH = 8
 

@@ -99,7 +99,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_recipe, tmp_path,
 
 def test_backbone_from_another_model_is_refused(tmp_path):
     from sslmed.checkpoints import load_backbone_weights, save_backbone
-    from sslmed.models import ResNetBackbone
+    from sslmed.default_plugins.backbones import ResNetBackbone
 
     save_backbone(tmp_path, ResNetBackbone("resnet34"), {"backbone": {"name": "resnet34"}, "in_channels": 1})
     with pytest.raises(CheckpointError, match="from another model: backbone is"):

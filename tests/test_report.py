@@ -11,9 +11,10 @@ import yaml
 from click.testing import CliRunner
 
 from sslmed.checkpoints import save_backbone, save_tensors
-from sslmed.evaluation import metrics, predictions
+from sslmed.metrics import metrics
 from sslmed.plugins import get_registry
 from sslmed.report import bootstrap_ci, build_report, metric_values, seed_ci
+from sslmed.tasks import MULTICLASS
 
 CLASSES = ["Covid-19", "No_findings", "Pneumonia"]
 COVID3 = {"name": "csv", "path": "covid3", "patient_column": "patient_id", "test_size": 0.2, "val_size": 0.1}
@@ -32,7 +33,7 @@ def row(model: str, probe: str, y: np.ndarray, proba: np.ndarray, fraction: floa
         "label_fraction": fraction,
         "train_images": 100,
         **metrics(y, proba, CLASSES),
-        "test_predictions": predictions(y, proba),
+        "test_predictions": MULTICLASS.predictions(y, proba),
     }
 
 
@@ -124,7 +125,9 @@ def test_report_from_run_folders(tmp_path: Path, data_dir: Path):
 
     extend_cli(cli)
     out = tmp_path / "report"
-    result = CliRunner().invoke(cli, ["report", str(runs), "--out", str(out), "--bootstrap", "200"])
+    labels = Path(__file__).resolve().parents[1] / "bench" / "thesis_labels.yaml"
+    args = ["report", str(runs), "--out", str(out), "--bootstrap", "200", "--labels", str(labels)]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     text = (out / "report.md").read_text()
     table = [line for line in text.splitlines() if line.startswith("| ")]
@@ -148,3 +151,20 @@ def test_report_errors_are_clear(tmp_path: Path):
 
     with pytest.raises(UsageError, match="no run folder below it"):
         build_report([tmp_path], tmp_path / "out")
+
+
+def test_report_without_labels_knows_no_method_by_name(tmp_path: Path, data_dir: Path):
+    from sslmed.errors import UsageError
+    from sslmed.report import Labels
+
+    runs = tmp_path / "runs"
+    make_run(runs, "simclr", 0, 1.0, data_dir)
+    make_run(runs, "crsm", 0, 2.0, data_dir)
+    text = build_report([runs], tmp_path / "out", samples=0, figures=False).read_text()
+    labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert labels[:5] == ["method", "random init", "supervised (from scratch)", "crsm", "simclr"]
+    assert "Claims" not in text and "CRSM" not in text
+    bad = tmp_path / "labels.yaml"
+    bad.write_text("methods: {simclr: SimCLR}\nclaim: []\n")
+    with pytest.raises(UsageError, match=rf"labels file {bad}: claim: Extra inputs are not permitted"):
+        Labels.from_file(bad)

@@ -20,10 +20,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sslmed.calibration import softmax
+from sslmed.export import export_classifier
 from sslmed.imaging import load_image
 from sslmed.ood import detection_summary
 from sslmed.plugins import get_registry
-from sslmed.predict import Predictor, export_classifier
+from sslmed.predict import Predictor
 from sslmed.transforms import eval_transform
 from sslmed.trust import fit_trust, probe_logits
 

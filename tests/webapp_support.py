@@ -22,11 +22,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sslmed.evaluation import metrics
+from sslmed.export import export_classifier
 from sslmed.hookspecs import hookimpl
 from sslmed.imaging import load_image
+from sslmed.metrics import metrics
 from sslmed.plugins import get_registry, register_plugin
-from sslmed.predict import export_classifier
 from sslmed.transforms import eval_transform
 from sslmed.trust import fit_trust
 

@@ -27,8 +27,17 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sslmed.data import UNLABELLED, ImageRecord, ImageSource, file_reader, resolve_path, split_records
-from sslmed.default_plugins.datasets import LoadingArgs, finish_source, read_csv_rows
+from sslmed.adapters import (
+    UNLABELLED,
+    ImageRecord,
+    ImageSource,
+    LoadingArgs,
+    file_reader,
+    finish_source,
+    read_csv_rows,
+    resolve_path,
+    split_records,
+)
 from sslmed.errors import DataError
 from sslmed.hookspecs import hookimpl
 from sslmed.registry import close_matches

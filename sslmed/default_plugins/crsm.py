@@ -16,7 +16,7 @@ views themselves (an auto-encoder term).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -25,12 +25,13 @@ from sslmed.default_plugins.simclr import SimCLRArgs, SimCLRMethod
 from sslmed.errors import UsageError
 from sslmed.hookspecs import hookimpl
 from sslmed.models import Backbone
+from sslmed.registry import Nested
 
 
 class CRSMArgs(SimCLRArgs):
     """Arguments of the ``crsm`` objective (the SimCLR ones, plus the reconstruction)."""
 
-    decoder: dict[str, Any] = Field(
+    decoder: Annotated[dict[str, Any], Nested("decoder")] = Field(
         {"name": "resnet_decoder"},
         description="the decoder, a component spec {name: ..., <its arguments>} (see `sslmed list decoder`)",
     )
@@ -111,11 +112,7 @@ def build_crsm(
     args: CRSMArgs, *, backbone: Backbone, build: Callable[..., Any], image_size: int, in_channels: int, **_context: Any
 ) -> CRSMMethod:
     """CRSM: SimCLR plus reconstruction of the un-erased view (NT-Xent + λ·reconstruction)."""
-    spec = dict(args.decoder)
-    if not isinstance(spec.get("name"), str):
-        raise UsageError(
-            f"objective 'crsm': decoder must be a spec with a name, e.g. {{name: resnet_decoder}}; got {spec!r}"
-        )
+    spec = dict(args.decoder)  # a named decoder spec: the argument model checked it
     decoder = build("decoder", spec, backbone=backbone, image_size=image_size, out_channels=in_channels)
     if not isinstance(decoder, torch.nn.Module):
         raise UsageError(f"objective 'crsm': decoder {spec['name']!r} did not build a torch module")

@@ -32,15 +32,27 @@ from sslmed.hookspecs import hookimpl
 )
 @click.option("--no-figures", is_flag=True, help="Tables only.")
 @click.option("--title", default="sslmed comparison report", show_default=True)
-def report(run_dirs: tuple[Path, ...], out: Path, samples: int, no_figures: bool, title: str) -> None:
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML file naming and ordering the methods (recipe name -> label) and listing claims to check, "
+    "e.g. bench/thesis_labels.yaml.",
+)
+def report(
+    run_dirs: tuple[Path, ...], out: Path, samples: int, no_figures: bool, title: str, labels_file: Path | None
+) -> None:
     """Compare finished runs: one Markdown/HTML report with 95% CIs and figures.
 
     Each RUN_DIR is a run folder, or a folder with run folders below it (e.g. runs/).
     """
-    from sslmed.report import build_report
+    from sslmed.report import Labels, build_report
 
+    labels = Labels.from_file(labels_file) if labels_file else None
     command = "sslmed " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["report"] else None
-    path = build_report(run_dirs, out, samples=samples, figures=not no_figures, title=title, command=command)
+    path = build_report(
+        run_dirs, out, samples=samples, figures=not no_figures, title=title, command=command, labels=labels
+    )
     click.echo(f"report: {path}", err=True)
     click.echo(str(path))
 

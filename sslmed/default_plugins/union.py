@@ -14,14 +14,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from sslmed.data import UNLABELLED, ImageRecord, ImageSource
-from sslmed.errors import DataError, UsageError
+from sslmed.errors import DataError
 from sslmed.hookspecs import hookimpl
+from sslmed.registry import Nested
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class UnionPart(BaseModel):
     """One source of the corpus, or one split to exclude from it."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: dict[str, Any] = Field(
+    dataset: Annotated[dict[str, Any], Nested("dataset", exclude=("union",))] = Field(
         description="a dataset spec, e.g. {name: csv, path: covid3, patient_column: patient_id}"
     )
     split: str = Field("all", description="which split of it ('all': every split)")
@@ -76,27 +77,20 @@ class UnionSource(ImageSource):
         return out
 
 
-def _build(spec: dict[str, Any], data_root: Path, where: str) -> ImageSource:
-    from sslmed.plugins import get_registry
-
-    if not isinstance(spec.get("name"), str):
-        raise UsageError(
-            f"union {where}: dataset must be a spec with a name, e.g. {{name: csv, path: covid3}}; got {spec!r}"
-        )
-    if spec["name"] == "union":
-        raise UsageError(f"union {where}: a union cannot contain another union")
+def _build(build: Callable[..., Any], spec: dict[str, Any], data_root: Path, where: str) -> ImageSource:
+    # the argument model already checked that ``spec`` is a named dataset other than a union
     try:
-        return get_registry().build("dataset", spec, data_root=data_root)
+        return build("dataset", spec, data_root=data_root)
     except DataError as exc:
         raise DataError(f"union {where} ({spec['name']}): {exc}") from None
 
 
-def build_union(args: UnionArgs, *, data_root: Path, **_context: Any) -> UnionSource:
+def build_union(args: UnionArgs, *, data_root: Path, build: Callable[..., Any], **_context: Any) -> UnionSource:
     """Several datasets pooled into one unlabelled corpus, an excluded split removed."""
     excluded_keys: set[str] = set()
     excluded_patients: set[str] = set()
     for index, part in enumerate(args.exclude):
-        source = _build(part.dataset, data_root, f"exclude[{index}]")
+        source = _build(build, part.dataset, data_root, f"exclude[{index}]")
         for record in source.records(part.split):
             excluded_keys.add(record_key(source, record.ref))
             if record.patient_id:
@@ -104,7 +98,7 @@ def build_union(args: UnionArgs, *, data_root: Path, **_context: Any) -> UnionSo
     records, readers, parts = [], [], []
     dropped_path = dropped_patient = 0
     for index, part in enumerate(args.sources):
-        source = _build(part.dataset, data_root, f"sources[{index}]")
+        source = _build(build, part.dataset, data_root, f"sources[{index}]")
         readers.append(source.read)
         kept = 0
         for record in source.records(part.split):

@@ -1,0 +1,70 @@
+"""How often `sslmed run` passes through runner.py: a call trace of one tiny run.
+
+Runs the tests' tiny two-step recipe (16 px, 2 optimiser steps per step, linear probe)
+on ../shared/data under ``sys.setprofile`` and counts, for the sslmed tree on
+``PYTHONPATH`` (run it once on an old checkout and once on this one to compare):
+
+* ``runner functions``: the functions of ``sslmed/runner.py`` that ran;
+* ``entries``: how many times control went from a function of another ``sslmed``
+  module into runner.py (a call into it, or a return back to it);
+* ``callees``: the distinct functions of other ``sslmed`` modules that runner.py
+  called directly (what it is a hub for).
+
+    PYTHONPATH=. .venv/bin/python bench/runner_path.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main() -> None:
+    import sslmed
+    from sslmed.data import resolve_data_root
+
+    root = Path(sslmed.__file__).parent
+    runner_file = str(root / "runner.py")
+    recipe_text = (Path(__file__).resolve().parents[1] / "tests" / "conftest.py").read_text()
+    tiny = recipe_text.split('TINY_RECIPE = """\\\n', 1)[1].split('"""', 1)[0]
+    tiny = tiny.format(objective="simclr", steps=2).replace("{{", "{").replace("}}", "}")
+    entries, functions, callees = 0, set(), set()
+
+    def in_sslmed(frame) -> bool:
+        return frame is not None and frame.f_code.co_filename.startswith(str(root))
+
+    def profile(frame, event, _arg) -> None:
+        nonlocal entries
+        if event not in ("call", "return"):
+            return
+        code = frame.f_code
+        caller = frame.f_back
+        if event == "call" and code.co_filename == runner_file:
+            functions.add(code.co_name)
+            if in_sslmed(caller) and caller.f_code.co_filename != runner_file:
+                entries += 1
+        elif event == "call" and in_sslmed(frame) and caller is not None and caller.f_code.co_filename == runner_file:
+            callees.add(f"{Path(code.co_filename).relative_to(root)}:{code.co_name}")
+        elif event == "return" and in_sslmed(frame) and code.co_filename != runner_file:
+            if caller is not None and caller.f_code.co_filename == runner_file:
+                entries += 1  # control comes back to the runner
+
+    with tempfile.TemporaryDirectory() as folder:
+        recipe = Path(folder) / "tiny.yaml"
+        recipe.write_text(f"data_root: {resolve_data_root()}\n" + tiny)
+        from sslmed.cli import cli
+
+        sys.setprofile(profile)
+        try:
+            cli.main(["-q", "run", str(recipe), "--runs-dir", str(Path(folder) / "runs")], standalone_mode=False)
+        finally:
+            sys.setprofile(None)
+    print(f"sslmed at {root}")
+    print(f"runner functions ({len(functions)}): {', '.join(sorted(functions))}")
+    print(f"entries into runner.py from other sslmed modules (calls + returns): {entries}")
+    print(f"callees in other sslmed modules ({len(callees)}): {', '.join(sorted(callees))}")
+
+
+if __name__ == "__main__":
+    main()
