@@ -98,7 +98,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, concurrency: int, threads: int | None, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model: Path, concurrency: int, threads: int | None, log: Path, source: Path | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``sslmed serve`` on a free loopback port (``source``: run that copy of the package instead)."""
+    env = dict(os.environ, PYTHONPATH=str(source)) if source else None
     port = free_port()
     sslmed = Path(sys.executable).with_name("sslmed")
     command = [
@@ -115,7 +119,7 @@ def start_server(model: Path, concurrency: int, threads: int | None, log: Path) 
     ]
     with open(log, "wb") as out:  # a file, not a pipe: a full pipe would stall the server
         process = subprocess.Popen(
-            command + (["--threads", str(threads)] if threads else []), stdout=subprocess.DEVNULL, stderr=out
+            command + (["--threads", str(threads)] if threads else []), stdout=subprocess.DEVNULL, stderr=out, env=env
         )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -174,9 +178,27 @@ class GradioClient:
         self.client.close()
 
 
+class ClassifyClient:
+    """``POST /api/classify`` with the image as the body: one request, JSON back."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        import httpx
+
+        self.http = httpx.Client(base_url=url, timeout=timeout)
+
+    def predict(self, image: str, timeout: float) -> dict:
+        with open(image, "rb") as handle:
+            answer = self.http.post("api/classify", content=handle.read(), timeout=timeout)
+        answer.raise_for_status()
+        return answer.json()
+
+    def close(self) -> None:
+        self.http.close()
+
+
 def run_round(url: str, image: str, clients: int, requests: int, time_limit: float, kind: str) -> dict[str, float]:
     """``clients`` clients at once, ``requests`` requests in all; latencies in ms."""
-    make = HttpClient if kind == "http" else GradioClient
+    make = {"http": HttpClient, "gradio_client": GradioClient, "api": ClassifyClient}[kind]
     with ThreadPoolExecutor(clients) as pool:
         connections = list(pool.map(lambda _: make(url, time_limit), range(clients)))
     latencies: list[float] = []
@@ -246,6 +268,121 @@ def model_only_ms(model: Path, image: str, repeats: int = 30) -> tuple[float, fl
     return statistics.median(full), statistics.median(bare)
 
 
+# ------------------------------------------------------------------ old against new, side by side
+
+
+def export_source(ref: str, folder: Path) -> Path:
+    """The package as committed at git ``ref`` (e.g. ``main``), unpacked into ``folder``."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "archive", ref, "sslmed"], cwd=repo, capture_output=True, check=False)
+    if archive.returncode:
+        raise SystemExit(f"--compare {ref}: git archive failed: {archive.stderr.decode(errors='replace')[-300:]}")
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
+def add_trust(model: Path) -> None:
+    """Give a bench export a temperature and an OOD score (random statistics of the right
+    shape), so the new server runs the full prediction path, OOD score included."""
+    from sslmed.calibration import calibrate
+    from sslmed.checkpoints import load_model_files, save_model
+    from sslmed.ood import fit_feature_distance
+
+    tensors, meta = load_model_files(model)
+    dim = tensors["head.weight"].shape[1]
+    rng = np.random.default_rng(0)
+    ood = fit_feature_distance(rng.normal(size=(600, dim)), np.arange(600) % 3, rng.normal(size=(60, dim)))
+    tensors.update({f"ood.{k}": v for k, v in ood.to_tensors().items()})
+    logits, labels = rng.normal(size=(60, 3)) * 3, np.arange(60) % 3
+    meta.update(calibration=calibrate(logits, labels, logits, labels, fitted_on="bench").summary(), ood=ood.meta())
+    meta.pop("format", None)
+    save_model(model, tensors, meta)
+
+
+def model_parts_ms(model: Path, image: str, repeats: int) -> dict[str, float]:
+    """In this process, median ms of: the forward pass as the server ran it before (plain
+    modules) and now (batch norm folded, channels-last), and the OOD score alone."""
+    from sslmed.predict import Predictor
+
+    predictor = Predictor(model, device="cpu")
+    x = predictor.model_input(predictor.load(image))
+    fast = predictor._inference_backbone()
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    features = predictor.model.backbone(x).detach()
+    timings: dict[str, list[float]] = {"forward, plain": [], "forward, folded + channels-last": [], "OOD score": []}
+    with torch.inference_mode():
+        for _ in range(3):
+            predictor.model(x), predictor.model.head(fast(x_last))
+        for _ in range(repeats):  # alternating, so that a change of machine load hits both alike
+            for name, call in (
+                ("forward, plain", lambda: predictor.model(x)),
+                ("forward, folded + channels-last", lambda: predictor.model.head(fast(x_last))),
+                ("OOD score", lambda: predictor.ood.score(features.numpy())),
+            ):
+                began = time.perf_counter()
+                call()
+                timings[name].append((time.perf_counter() - began) * 1000)
+    return {name: statistics.median(values) for name, values in timings.items()}
+
+
+def compare_main(args: argparse.Namespace) -> None:
+    """One client, requests one after another, against the server as committed at
+    ``--compare`` (Gradio's upload/call/result protocol) and this tree's server (the
+    same protocol, and ``POST /api/classify``), in alternating rounds."""
+    load_at_start = os.getloadavg()
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.concurrency))  # as the servers
+    with tempfile.TemporaryDirectory(prefix="sslmed-serve-compare-") as temp:
+        folder = Path(temp)
+        image = str(folder / f"xray_{args.size}.png")
+        Image.open(IMAGE).convert("L").resize((args.size, args.size), Image.Resampling.BILINEAR).save(image)
+        old_model = export_resnet18(folder / "old-model")
+        new_model = export_resnet18(folder / "new-model")
+        add_trust(new_model)
+        (folder / "old-src").mkdir()
+        old_source = export_source(args.compare, (folder / "old-src").resolve())
+        servers = {}
+        try:
+            servers["old"] = start_server(old_model, args.concurrency, args.threads, folder / "old.log", old_source)
+            servers["new"] = start_server(new_model, args.concurrency, args.threads, folder / "new.log")
+            setups = [("old", "http"), ("new", "http"), ("new", "api")]
+            for name, kind in setups:
+                run_round(servers[name][1], image, 1, 5, 60, kind)  # warm-up
+            per_round: dict[tuple[str, str], list[float]] = {setup: [] for setup in setups}
+            errors = dict.fromkeys(setups, 0)
+            for _ in range(args.rounds):
+                for setup in setups:
+                    result = run_round(servers[setup[0]][1], image, 1, args.requests, args.time_limit, setup[1])
+                    per_round[setup].append(result["p50"])
+                    errors[setup] += result["errors"]
+        finally:
+            for process, _url in servers.values():
+                process.terminate()
+                process.wait(timeout=30)
+        parts = model_parts_ms(new_model, image, 30)
+    load_at_end = os.getloadavg()
+    base = statistics.median(per_round[("old", "http")])
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}; "
+        f"load average (1/5/15 min) {'/'.join(f'{v:.1f}' for v in load_at_start)} at start, "
+        f"{'/'.join(f'{v:.1f}' for v in load_at_end)} at end; ResNet-18, {args.size} px PNG, random weights; "
+        f"server concurrency {args.concurrency}; "
+        f"1 client, {args.rounds} alternating rounds of {args.requests} requests\n"
+    )
+    print("| server | request | p50 ms (median of rounds) | p50 per round | errors | vs old |")
+    print("|---|---|---|---|---|---|")
+    names = {"http": "Gradio upload + call + result (3 requests)", "api": "POST /api/classify (1 request)"}
+    labels = {"old": f"as committed at {args.compare}", "new": "this tree"}
+    for setup in setups:
+        median = statistics.median(per_round[setup])
+        rounds = ", ".join(f"{v:.0f}" for v in per_round[setup])
+        cells = [labels[setup[0]], names[setup[1]], f"{median:.1f}", rounds, str(errors[setup]), f"{median / base:.2f}"]
+        print("| " + " | ".join(cells) + " |")
+    print("\nIn this process, one image, median of 30 (alternating):\n")
+    print("| part | ms |\n|---|---|")
+    for name, value in parts.items():
+        print(f"| {name} | {value:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="run folder or model folder (default: a random ResNet-18 at 224 px)")
@@ -267,7 +404,19 @@ def main() -> None:
     )
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per round at most")
     parser.add_argument("--size", type=int, default=224, help="side of the PNG sent (px)")
+    parser.add_argument(
+        "--compare",
+        metavar="GIT_REF",
+        help="instead of the load rounds: the server as committed at GIT_REF (e.g. main) against this tree's, "
+        "one client, alternating rounds",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of --compare")
     args = parser.parse_args()
+    if args.compare:
+        if not IMAGE.is_file():
+            raise SystemExit(f"{IMAGE} not found: the benchmark needs ../shared/data/samples")
+        compare_main(args)
+        return
     if any(not 1 <= c <= MAX_CLIENTS for c in args.clients) or not 1 <= args.requests <= MAX_REQUESTS:
         raise SystemExit(f"clients must be 1..{MAX_CLIENTS} and requests 1..{MAX_REQUESTS}")
     if not IMAGE.is_file():

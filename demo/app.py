@@ -6,7 +6,8 @@ The same as ``sslmed serve``; the page itself is :func:`sslmed.webapp.build_demo
 re-exported here so that ``from demo.app import build_demo`` works too. Settings come
 from the command line or the environment: ``SSLMED_MODEL`` (run or model folder),
 ``SSLMED_HOST`` (default 127.0.0.1), ``SSLMED_PORT`` (7860), ``SSLMED_MAX_UPLOAD_MB``
-(20), ``SSLMED_CONCURRENCY`` (2).
+(20), ``SSLMED_CONCURRENCY`` (2). Logins come from ``SSLMED_AUTH`` (``user:password``
+lines); a host other than loopback needs them, or ``SSLMED_NO_AUTH=1``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import os
 import sys
 
-from sslmed.webapp import build_demo, launch_options, serve
+from sslmed.webapp import build_demo, launch_options, read_credentials, serve
 
 __all__ = ["build_demo", "launch_options", "main", "serve"]
 
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
             port=args.port,
             max_upload_mb=args.max_upload_mb,
             concurrency_limit=args.concurrency,
+            credentials=read_credentials(None),
+            no_auth=os.environ.get("SSLMED_NO_AUTH") == "1",
         )
     except SslmedError as exc:
         sys.exit(f"Error: {exc}")

@@ -34,8 +34,9 @@ from sslmed.models import Backbone
 from sslmed.recipe import EvaluationSettings, Recipe, SupervisedSettings
 from sslmed.registry import Registry
 from sslmed.rundir import StepDir
-from sslmed.tasks import Task, task_for
+from sslmed.tasks import MULTICLASS, Task, task_for
 from sslmed.transforms import eval_transform, image_mode
+from sslmed.trust import TrustFit, fit_trust
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +269,8 @@ class Evaluation:
     backbone: Backbone
     linear: Any = None
     model: str = ""
+    #: the linear probe's temperature and OOD score (multi-class only; see :mod:`sslmed.trust`)
+    trust: TrustFit | None = None
 
 
 def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: ImageSource) -> Evaluation:
@@ -309,6 +312,16 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
         result.rows += probed.rows
         if model == name:
             result.linear = probed.linear
+            if probed.linear is not None and task.name == MULTICLASS.name:
+                log.info("evaluation: calibrating the linear probe and fitting the out-of-distribution score")
+                result.trust = fit_trust(
+                    probed.linear,
+                    len(source.classes),
+                    (features.train, labels["train"]),
+                    (features.test, labels["test"]),
+                    (features.val, labels["val"]) if features.val is not None else None,
+                    seed=settings.seed,
+                )
     if "supervised" in settings.baselines and not task.supervised_reference:
         log.warning("evaluation: the supervised reference is not available for multi-label data yet; skipped")
     elif "supervised" in settings.baselines:

@@ -10,14 +10,18 @@ exactly the probe's probabilities.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from sslmed.checkpoints import save_model
 from sslmed.models import Backbone
+from sslmed.ood import TENSOR_PREFIX as OOD_PREFIX
 from sslmed.tasks import MULTICLASS, Task
+
+if TYPE_CHECKING:
+    from sslmed.trust import TrustFit
 
 #: the bias of a class the probe never saw: its probability is ~0
 UNSEEN_BIAS = -1e4
@@ -76,16 +80,26 @@ def export_classifier(
     meta: dict[str, Any],
     extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
     task: Task = MULTICLASS,
+    trust: TrustFit | None = None,
 ) -> None:
     """Write ``model.safetensors`` + ``model.json`` (``meta``: backbone spec, classes, ...).
 
     ``extra_tensors`` (e.g. a CRSM decoder's weights, by export name) are stored under
     ``<name>.`` prefixes; ``meta["extras"]`` describes how to rebuild them. ``task`` and
-    its activation are recorded so that predict applies the right one.
+    its activation are recorded so that predict applies the right one. ``trust``
+    (:func:`sslmed.trust.fit_trust`) adds the temperature (``meta["calibration"]``; the
+    head stays as fitted, :class:`~sslmed.predict.Predictor` divides the logits by it)
+    and the OOD score (``ood.*`` tensors, ``meta["ood"]``).
     """
     weight, bias = task.head(probe, len(meta["classes"]))
     tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     tensors.update({"head.weight": weight, "head.bias": bias})
+    if trust is not None:
+        meta = dict(meta)
+        if trust.calibration is not None:
+            meta["calibration"] = trust.calibration.summary()
+        meta["ood"] = trust.ood.meta()
+        tensors.update({f"{OOD_PREFIX}.{k}": v for k, v in trust.ood.to_tensors().items()})
     for name, state in (extra_tensors or {}).items():
         tensors.update({f"{name}.{k}": v for k, v in state.items()})
     save_model(directory, tensors, {**meta, "task": task.name, "activation": task.activation})

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from sslmed.calibration import reliability_figure
 from sslmed.checkpoints import load_tensors, read_backbone_meta
 from sslmed.comparisons import gain_lines
 from sslmed.data import ImageSource
@@ -25,7 +26,7 @@ from sslmed.export import export_classifier
 from sslmed.prepare import build_sources
 from sslmed.recipe import Recipe
 from sslmed.registry import Registry
-from sslmed.rundir import RunDir, atomic_write_json, atomic_write_text
+from sslmed.rundir import RELIABILITY, RunDir, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,13 @@ def evaluate_run(
     if not step_dir.is_done():
         raise UsageError(f"{run.path}: step {step.name!r} has not finished (resume the run first)")
     found = evaluate(recipe, registry, step_dir, sources[settings.data])
+    if found.trust is not None and found.trust.calibration is not None:
+        title = f"{recipe.name}: linear probe on {settings.data} ({settings.test_split} split)"
+        reliability_figure(found.trust.calibration, run.reliability_figure, title)
     if found.linear is not None:
         export_model(run, recipe, found)
-    return write_results(run, recipe, found.rows, found.classes)
+    trust = found.trust.results() if found.trust is not None else None
+    return write_results(run, recipe, found.rows, found.classes, trust)
 
 
 def export_model(run: RunDir, recipe: Recipe, found: Evaluation) -> None:
@@ -94,6 +99,7 @@ def export_model(run: RunDir, recipe: Recipe, found: Evaluation) -> None:
         },
         extra_tensors={name: load_tensors(step_dir.extra_weights(name)) for name in extras},
         task=found.task,
+        trust=found.trust,
     )
 
 
@@ -115,12 +121,41 @@ def results_table(rows: list[dict[str, Any]], classes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def trust_markdown(trust: dict[str, Any] | None) -> str:
+    """The calibration and OOD lines under the results table ('' without them)."""
+    if not trust:
+        return ""
+    lines = [""]
+    cal = trust.get("calibration")
+    if cal:
+        lines.append(
+            f"Calibration of the exported linear probe: temperature {cal['temperature']:.3f} fitted on "
+            f"{cal['fitted_on']} ({cal['fitted_images']} images); on the test split ({cal['test_images']} images) "
+            f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}, Brier {cal['brier_before']:.3f} -> "
+            f"{cal['brier_after']:.3f} ({cal['bins']} bins; reliability diagram: {RELIABILITY})."
+        )
+    ood = trust.get("ood")
+    if ood:
+        lines.append(
+            f"Out-of-distribution threshold {ood['threshold']:.3f} "
+            f"({ood['quantile']:.0%} quantile of {ood['fitted_on']}); "
+            f"test images flagged: {ood['test_flagged']:.1%} of {ood['test_images']}."
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_results(
-    run_dir: str | Path | RunDir, recipe: Recipe, rows: list[dict[str, Any]], classes: list[str]
+    run_dir: str | Path | RunDir,
+    recipe: Recipe,
+    rows: list[dict[str, Any]],
+    classes: list[str],
+    trust: dict[str, Any] | None = None,
 ) -> RunResult:
-    """``results.json`` (everything), ``results.csv`` (flat) and ``results.md`` (the table)."""
+    """``results.json`` (everything), ``results.csv`` (flat) and ``results.md`` (the table);
+    ``trust`` (calibration and OOD score of the exported probe) goes into the JSON and
+    under the table."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    atomic_write_json(run.results_json, {"recipe": recipe.name, "classes": classes, "rows": rows})
+    atomic_write_json(run.results_json, {"recipe": recipe.name, "classes": classes, "rows": rows, **(trust or {})})
     buffer = io.StringIO()
     fields = ["model", "probe", "label_fraction", "train_images", "accuracy", "balanced_accuracy", "macro_auc"] + [
         f"recall_{c}" for c in classes
@@ -137,5 +172,5 @@ def write_results(
     evaluation = recipe.evaluation
     where = f"{evaluation.data} ({evaluation.test_split} split)" if evaluation else "? ( split)"
     title = f"# {recipe.name}: probe on {where}\n\n"
-    atomic_write_text(run.results_md, title + table + "\n")
+    atomic_write_text(run.results_md, title + table + "\n" + trust_markdown(trust))
     return RunResult(run.path, rows, table)

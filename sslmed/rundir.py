@@ -34,6 +34,7 @@ RECIPE = "recipe.yaml"
 MANIFEST = "manifest.json"
 TIMINGS = "timings.json"
 RESULTS_JSON, RESULTS_CSV, RESULTS_MD = "results.json", "results.csv", "results.md"
+RELIABILITY = "reliability.png"  # the exported probe's reliability diagram (before/after calibration)
 STEPS, MODEL, SPLITS, SKIPPED = "steps", "model", "splits", "skipped"
 #: inside a step folder: Lightning's checkpoints and the CSV logger's folder
 CHECKPOINTS, LAST_CHECKPOINT, LOGS = "checkpoints", "last.ckpt", "logs"
@@ -168,6 +169,10 @@ class RunDir:
     @property
     def results_md(self) -> Path:
         return self.path / RESULTS_MD
+
+    @property
+    def reliability_figure(self) -> Path:
+        return self.path / RELIABILITY
 
     @property
     def model_dir(self) -> Path:

@@ -35,6 +35,7 @@ CHROMIUM_ARGS = [
 ]
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = 90_000
+DEMO_MAX_UPLOAD_MB = 2.0  # the samples are under 0.4 MB; a small limit keeps the oversize file small
 
 pytestmark = [
     pytest.mark.skipif(
@@ -57,10 +58,14 @@ def predictor(data_dir: Path) -> Predictor:
 @pytest.fixture(scope="module")
 def page_url(predictor: Predictor, data_dir: Path) -> Iterator[str]:
     samples = data_dir / "samples"
-    demo = build_demo(predictor, examples_dir=samples)
+    demo = build_demo(predictor, examples_dir=samples, max_upload_mb=DEMO_MAX_UPLOAD_MB)
     port = free_port()
     demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(samples)
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_options(samples, DEMO_MAX_UPLOAD_MB, demo=demo),
     )
     try:
         yield f"http://127.0.0.1:{port}/"
@@ -126,6 +131,7 @@ def test_bad_file_shows_one_message(browser: object, page_url: str, tmp_path: Pa
         message = page.get_by_text("report.png: is a text file, not an image")
         sync_api.expect(message.first).to_be_visible(timeout=TIMEOUT_MS)
         assert message.count() == 1, "one message, not several"
+        assert message.first.inner_text().startswith("Not a readable image — ")  # titled by what went wrong
         page.wait_for_timeout(1500)  # the toast slides in
         page.screenshot(path=str(tmp_path / "error.png"))
     finally:
@@ -147,5 +153,57 @@ def test_example_click_classifies(browser: object, page_url: str, predictor: Pre
         page.get_by_role("button", name="Classify").click()  # and again with the button
         sync_api.expect(page.locator("#probabilities")).to_contain_text(top, timeout=TIMEOUT_MS)
         sync_api.expect(page.locator("#gradcam img")).to_be_visible(timeout=TIMEOUT_MS)
+    finally:
+        page.close()
+
+
+def test_image_unlike_the_training_data_shows_the_warning(
+    browser: object, page_url: str, predictor: Predictor, data_dir: Path, tmp_path: Path
+) -> None:
+    """An image of not_cxr that the model flags gets the warning above the probabilities;
+    a chest radiograph gets none, and its Grad-CAM has the size of the model's view."""
+    folders = sorted((data_dir / "not_cxr" / "images").iterdir())
+    candidates = [path for folder in folders for path in sorted(folder.glob("*.jpeg"))[:8]]
+    flagged = [path for path, result in zip(candidates, predictor.analyse(candidates), strict=True) if result.ood_flag]
+    assert flagged, f"the model flags none of {len(candidates)} not-chest images"
+    chest = data_dir / "samples" / "hannover_covid_fff13f3a.png"
+    assert not predictor.analyse([chest])[0].ood_flag
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(page_url)
+        page.get_by_role("button", name="Classify").wait_for()
+        sync_api.expect(page.locator("#trained-on")).to_contain_text("What this model was trained on")
+        page.locator("#upload input[type=file]").set_input_files(str(flagged[0]))
+        warning = page.locator("#ood-warning")
+        sync_api.expect(warning).to_contain_text("unlike the images this model was trained on", timeout=TIMEOUT_MS)
+        warning_box, label_box = warning.bounding_box(), page.locator("#probabilities").bounding_box()
+        assert warning_box["y"] < label_box["y"], "the warning stands above the probabilities"
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(tmp_path / "ood-warning.png"), full_page=True)
+        page.goto(page_url)  # a fresh page: the upload box holds one file
+        page.get_by_role("button", name="Classify").wait_for()
+        page.locator("#upload input[type=file]").set_input_files(str(chest))
+        sync_api.expect(page.locator("#gradcam img")).to_be_visible(timeout=TIMEOUT_MS)
+        sync_api.expect(warning).not_to_contain_text("unlike the images")
+        view, overlay = page.locator("#model-view img").bounding_box(), page.locator("#gradcam img").bounding_box()
+        assert abs(view["width"] - overlay["width"]) < 2 and abs(view["height"] - overlay["height"]) < 2
+    finally:
+        page.close()
+
+
+def test_a_file_far_over_the_limit_gets_sslmeds_message(browser: object, page_url: str, tmp_path: Path) -> None:
+    """Refused by the server before it is stored, in sslmed's words (not Gradio's)."""
+    huge = tmp_path / "scan.png"
+    with open(huge, "wb") as handle:
+        handle.truncate(int(DEMO_MAX_UPLOAD_MB * 2e6 + 2e6))  # past the hard limit (twice it + 1 MB)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(page_url)
+        page.get_by_role("button", name="Classify").wait_for()
+        page.locator("#upload input[type=file]").set_input_files(str(huge))
+        message = page.get_by_text(f"the limit is {DEMO_MAX_UPLOAD_MB:g} MB")
+        sync_api.expect(message.first).to_be_visible(timeout=TIMEOUT_MS)
     finally:
         page.close()

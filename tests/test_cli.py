@@ -121,7 +121,9 @@ def test_predict_prints_json_probabilities(trained_run, data_dir, tmp_path):
     image = next((data_dir / "covid3" / "images" / "Pneumonia").iterdir())
     result = CliRunner().invoke(cli, ["predict", str(trained_run), str(image)])
     assert result.exit_code == 0, result.output
-    probabilities = json.loads(result.stdout)[str(image)]
+    answer = json.loads(result.stdout)[str(image)]
+    probabilities = answer["probabilities"]
+    assert answer["calibrated"] is True and set(answer["out_of_distribution"]) == {"score", "threshold", "flagged"}
     assert set(probabilities) == {"Covid-19", "No_findings", "Pneumonia"}
     assert abs(sum(probabilities.values()) - 1) < 1e-5
     broken = tmp_path / "broken.png"

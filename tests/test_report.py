@@ -10,6 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from sslmed.calibration import calibrate, reliability_figure
 from sslmed.checkpoints import save_backbone, save_tensors
 from sslmed.metrics import metrics
 from sslmed.plugins import get_registry
@@ -38,7 +39,14 @@ def row(model: str, probe: str, y: np.ndarray, proba: np.ndarray, fraction: floa
 
 
 def make_run(
-    root: Path, name: str, seed: int, skill: float, data_dir: Path, decoder: bool = False, fractions=(1.0,)
+    root: Path,
+    name: str,
+    seed: int,
+    skill: float,
+    data_dir: Path,
+    decoder: bool = False,
+    fractions=(1.0,),
+    calibrated: bool = False,
 ) -> Path:
     """A finished run folder as the runner writes it (results from a fake probe)."""
     rng = np.random.default_rng(seed)
@@ -67,7 +75,14 @@ def make_run(
         row("supervised", "end-to-end", y, fake_proba(rng, y, 1.5)),
     ]
     rows += [row("sslmed:target", "linear", y, fake_proba(rng, y, skill * f), f) for f in fractions]
-    (run / "results.json").write_text(json.dumps({"recipe": name, "classes": CLASSES, "rows": rows}))
+    results = {"recipe": name, "classes": CLASSES, "rows": rows}
+    if calibrated:  # as evaluation writes them: calibration in results.json, the diagram beside it
+        logits = np.log(fake_proba(rng, y, skill)) * 2
+        calibration = calibrate(logits[:60], y[:60], logits[60:], y[60:])
+        reliability_figure(calibration, run / "reliability.png")
+        ood = {"threshold": 30.0, "quantile": 0.99, "fitted_on": "val", "test_flagged": 0.02, "test_images": 60}
+        results.update(calibration=calibration.as_dict(), ood=ood)
+    (run / "results.json").write_text(json.dumps(results))
     (run / "manifest.json").write_text(json.dumps({"host": "test-host", "git_commit": "abc1234def"}))
     (run / "timings.json").write_text(json.dumps({"steps_seconds": {"target": 12.5}}))
     terms = (
@@ -119,7 +134,7 @@ def test_report_from_run_folders(tmp_path: Path, data_dir: Path):
     runs = tmp_path / "runs"
     make_run(runs, "simclr", 0, 1.0, data_dir)
     make_run(runs, "simclr", 1, 1.1, data_dir)  # same recipe, another seed
-    make_run(runs, "crsm", 0, 2.0, data_dir, decoder=True, fractions=(0.1, 1.0))
+    make_run(runs, "crsm", 0, 2.0, data_dir, decoder=True, fractions=(0.1, 1.0), calibrated=True)
     from sslmed.cli import cli
     from sslmed.plugins import extend_cli
 
@@ -141,6 +156,8 @@ def test_report_from_run_folders(tmp_path: Path, data_dir: Path):
         assert (out / figure).stat().st_size > 1000, figure
         assert f"({figure})" in text
     assert list(out.glob("reconstructions_crsm_*.png"))
+    assert "## Calibration and out-of-distribution threshold" in text and "OOD threshold 30.00" in text
+    assert [p.name for p in out.glob("reliability_*.png")] == ["reliability_crsm_covid3_run-seed0.png"]
     assert "- CRSM beats SimCLR: CRSM" in text  # the thesis's claims, checked
     assert "test-host" in text and "abc1234def" in text
     assert "<table>" in (out / "report.html").read_text()

@@ -74,8 +74,10 @@ def test_endpoints_are_named(client: Client) -> None:
 
 def test_prediction_over_http_equals_the_predictor(client: Client, crsm_predictor: Predictor, samples: Path) -> None:
     for name in ("covid_cxnet_001.jpeg", "hannover_covid_fff13f3a.png"):
-        result = client.predict(handle_file(str(samples / name)), api_name="/predict")
+        result, warning, details = client.predict(handle_file(str(samples / name)), api_name="/predict")
         expected = crsm_predictor.predict([samples / name])[0]
+        assert details == crsm_predictor.analyse([samples / name])[0].as_dict()
+        assert bool(warning) == details["out_of_distribution"]["flagged"]  # the warning shows exactly when flagged
         assert result["label"] == max(expected, key=expected.get)
         got = {c["label"]: c["confidence"] for c in result["confidences"]}
         assert set(got) == set(expected)
@@ -91,8 +93,7 @@ def test_explain_gives_model_view_gradcam_and_reconstruction(
     )
     view, overlay, reconstruction = (Image.open(p) for p in (view_path, overlay_path, reconstruction_path))
     assert view.width == view.height >= crsm_predictor.image_size
-    with Image.open(samples / "covid_cxnet_040.png") as original:
-        assert overlay.size == original.size  # 466×399: under the 512 px display limit
+    assert overlay.size == view.size  # shown at the size of the model's view, never as a thumbnail
     colours = np.asarray(overlay.convert("RGB")).astype(int)
     assert np.abs(colours[..., 0] - colours[..., 2]).max() > 60, "the Grad-CAM overlay should be coloured, not grey"
     assert reconstruction.width == reconstruction.height >= crsm_predictor.image_size
@@ -133,14 +134,14 @@ def test_bad_input_gives_one_message_and_the_server_keeps_serving(
         with pytest.raises(AppError, match=message) as info:
             client.predict(argument, api_name=endpoint)
         assert "/tmp" not in str(info.value), "messages name the file, not the server's paths"
-    assert client.predict(handle_file(str(samples / "hannover_covid_fff13f3a.png")), api_name="/predict")["label"]
+    assert client.predict(handle_file(str(samples / "hannover_covid_fff13f3a.png")), api_name="/predict")[0]["label"]
 
 
 def test_concurrent_requests_all_succeed(client: Client, samples: Path) -> None:
     image = handle_file(str(samples / "covid_cxnet_040.png"))
     jobs = [client.submit(image, api_name="/predict") for _ in range(8)]
     wait(jobs, timeout=120)
-    labels = {job.result()["label"] for job in jobs}
+    labels = {job.result()[0]["label"] for job in jobs}
     assert len(labels) == 1
 
 
@@ -176,7 +177,7 @@ def test_service_without_decoder_and_model_card(data_dir: Path, samples: Path, t
     predictor = Predictor(make_model_export(tmp_path, data_dir, per_class=3), device="cpu")
     service = DemoService(predictor, max_upload_mb=5)
     view, overlay, reconstruction = service.explain(str(samples / "covid_cxnet_007.jpg"))
-    assert reconstruction is None and max(overlay.size) == 512  # 1401 px image shown at 512 px
+    assert reconstruction is None and overlay.size == view.size
     with pytest.raises(DemoError, match="No image received"):
         service.predict(None)
     card = model_card(predictor)

@@ -28,6 +28,7 @@ from sslmed.imaging import load_image
 from sslmed.metrics import metrics
 from sslmed.plugins import get_registry, register_plugin
 from sslmed.transforms import eval_transform
+from sslmed.trust import fit_trust
 
 STAND_IN_DECODER = "test_upsampler"
 
@@ -120,7 +121,8 @@ def make_model_export(
 
     train_y = np.array([classes.index(label) for _, label in train])
     test_y = np.array([classes.index(label) for _, label in test])
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(features(train), train_y)
+    train_x, test_x = features(train), features(test)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(train_x, train_y)
     meta: dict[str, Any] = {
         "extras": {},
         "recipe": "test-export",
@@ -134,7 +136,7 @@ def make_model_export(
             "model": "test",
             "probe": "linear",
             "train_images": len(train),
-            **metrics(test_y, probe.predict_proba(features(test)), classes),
+            **metrics(test_y, probe.predict_proba(test_x), classes),
         },
     }
     extra_tensors = None
@@ -145,7 +147,9 @@ def make_model_export(
         )
         meta["extras"] = {"decoder": description}
         extra_tensors = {"decoder": module.state_dict()}
-    export_classifier(directory, backbone, probe, meta, extra_tensors=extra_tensors)
+    # calibrated and with an OOD score, as evaluation exports it (no val split: out of fold)
+    trust = fit_trust(probe, len(classes), (train_x, train_y), (test_x, test_y), seed=seed)
+    export_classifier(directory, backbone, probe, meta, extra_tensors=extra_tensors, trust=trust)
     return directory
 
 

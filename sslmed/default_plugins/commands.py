@@ -193,7 +193,13 @@ def eval_command(run_dir: Path) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 def predict(model: Path, images: tuple[Path, ...]) -> None:
-    """Classify IMAGES with MODEL (a run folder or its model/); JSON on stdout."""
+    """Classify IMAGES with MODEL (a run folder or its model/); JSON on stdout.
+
+    For each image: the class probabilities (calibrated when the model export has a
+    temperature, "calibrated": true) and, when it has one, the out-of-distribution
+    score with its threshold and whether the image is flagged as unlike the training
+    images.
+    """
     from sslmed.errors import ImageLoadError
     from sslmed.predict import Predictor
 
@@ -201,7 +207,7 @@ def predict(model: Path, images: tuple[Path, ...]) -> None:
     results, failed = {}, 0
     for image in images:
         try:
-            results[str(image)] = predictor.predict([image])[0]
+            results[str(image)] = predictor.analyse([image])[0].as_dict()
         except ImageLoadError as exc:
             results[str(image)] = {"error": str(exc)}
             failed += 1

@@ -39,6 +39,18 @@ from sslmed.hookspecs import hookimpl
     help="Folder of example images (default: ../shared/data/samples when present).",
 )
 @click.option(
+    "--auth-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File of 'user:password' lines: every page and endpoint needs a login "
+    "(default: $SSLMED_AUTH if set). Required when --host is not loopback.",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Serve a non-loopback --host without a login (the page and the log say so).",
+)
+@click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
@@ -52,22 +64,36 @@ def serve(
     concurrency: int,
     examples_dir: Path | None,
     threads: int | None,
+    auth_file: Path | None,
+    no_auth: bool,
 ) -> None:
     """Serve the web page and HTTP API for MODEL (a run folder or its model/).
 
-    The page classifies uploaded X-rays and shows Grad-CAM; programs call the
-    /predict endpoint with gradio_client or HTTP (see docs/serving.md).
-    Nothing is shared publicly; stop with Ctrl-C.
+    The page classifies uploaded X-rays and shows Grad-CAM; programs call
+    POST /api/classify, or the /predict endpoint with gradio_client (see
+    docs/serving.md). Binding beyond loopback needs logins (--auth-file or
+    $SSLMED_AUTH) or --no-auth. Nothing is shared publicly; stop with Ctrl-C.
     """
+    from sslmed.errors import UsageError
     from sslmed.predict import Predictor
+    from sslmed.webapp import is_loopback, read_credentials
     from sslmed.webapp import serve as serve_demo
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
 
+    credentials = read_credentials(auth_file)
+    if credentials and no_auth:
+        raise UsageError("--no-auth and logins (--auth-file or $SSLMED_AUTH) contradict each other; give one")
+    if not credentials and not no_auth and not is_loopback(host):
+        raise UsageError(
+            f"--host {host}: other machines could use this page; give logins with --auth-file FILE "
+            "or $SSLMED_AUTH ('user:password'), or pass --no-auth to serve it without a login"
+        )
     predictor = Predictor(model)  # errors (missing/foreign model) surface as one line
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: serving on {host}: other machines can reach this page; it has no login.", err=True)
-    click.echo(f"serving {predictor.model_dir} on http://{host}:{port} (Ctrl-C to stop)", err=True)
+    if no_auth and not is_loopback(host):
+        click.echo(f"warning: serving on {host} WITHOUT a login (--no-auth): anyone there can use it.", err=True)
+    login = f", login required ({len(credentials)} user(s))" if credentials else ""
+    click.echo(f"serving {predictor.model_dir} on http://{host}:{port}{login} (Ctrl-C to stop)", err=True)
     serve_demo(
         predictor,
         host=host,
@@ -76,6 +102,8 @@ def serve(
         concurrency_limit=concurrency,
         examples_dir=examples_dir,
         threads=threads,
+        credentials=credentials,
+        no_auth=no_auth,
     )
 
 

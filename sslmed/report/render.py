@@ -11,7 +11,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sslmed.rundir import atomic_write_text
 from sslmed.errors import UsageError
 from sslmed.report.figures import (
     _slug,
@@ -24,6 +23,7 @@ from sslmed.report.figures import (
 from sslmed.report.labels import Labels
 from sslmed.report.runs import Run, find_runs, load_run
 from sslmed.report.stats import Entry, claim_lines, entries_for_target
+from sslmed.rundir import RELIABILITY, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,30 @@ def _markdown_to_html(text: str) -> str:
     )
 
 
+def calibration_lines(runs: list[Run], out: Path) -> list[str]:
+    """For each run whose evaluation calibrated its probe: the numbers and its
+    reliability diagram (copied next to the report)."""
+    lines: list[str] = []
+    for run in runs:
+        cal, ood = run.results.get("calibration"), run.results.get("ood")
+        figure = run.path / RELIABILITY
+        if not cal or not figure.is_file():
+            continue
+        if not lines:
+            lines = ["## Calibration and out-of-distribution threshold", ""]
+        name = f"reliability_{_slug(run.name)}_{_slug(run.target)}_{_slug(run.path.name)}.png"
+        atomic_write_bytes(out / name, figure.read_bytes())
+        text = (
+            f"{run.name} → {run.target}: temperature {cal['temperature']:.2f} (fitted on {cal['fitted_on']}); "
+            f"test ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f}, Brier {cal['brier_before']:.3f} → "
+            f"{cal['brier_after']:.3f}"
+        )
+        if ood:
+            text += f"; OOD threshold {ood['threshold']:.2f}, {ood['test_flagged']:.1%} of test images flagged"
+        lines += [text + ".", "", f"![reliability diagram]({name})", ""]
+    return lines
+
+
 def build_report(
     run_dirs: Sequence[str | Path],
     out: str | Path,
@@ -210,6 +234,8 @@ def build_report(
                     f"![reconstructions]({name})",
                     "",
                 ]
+    if figures:
+        lines += calibration_lines(runs, out)
     lines += ["## Runs", "", runs_table(runs), ""]
     text = "\n".join(lines)
     atomic_write_text(out / "report.md", text)

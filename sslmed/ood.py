@@ -1,0 +1,135 @@
+"""How unlike the training images is a new image? A feature-distance OOD score.
+
+The score is the Mahalanobis distance (Lee et al. 2018) of an image's pooled backbone
+features to the nearest class mean of the probe's training images, under one shared
+covariance estimated with Ledoit-Wolf shrinkage (well conditioned even with fewer
+images than feature dimensions). Features are L2-normalised first, so the score
+looks at the direction of the feature vector, not its length (which follows the
+image's contrast). The threshold is a quantile (by default the 99th percentile) of
+the validation split's scores: about 1% of in-distribution images are flagged.
+
+Stored with the model export as tensors (``ood.means``, ``ood.precision``) and a few
+numbers in ``model.json`` (``ood``: threshold, quantile, what it was fitted on);
+:meth:`FeatureDistance.score` needs only numpy at prediction time (scikit-learn only to fit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+DEFAULT_QUANTILE = 0.99
+TENSOR_PREFIX = "ood"
+
+
+def _normalise(features: np.ndarray | torch.Tensor) -> Any:
+    if isinstance(features, torch.Tensor):
+        return torch.nn.functional.normalize(features.double(), dim=1)
+    features = np.asarray(features, dtype=np.float64)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class FeatureDistance:
+    """Class means and shared precision of normalised features, and the flag threshold."""
+
+    means: np.ndarray  # classes × features
+    precision: np.ndarray  # features × features
+    threshold: float = float("inf")
+    quantile: float = DEFAULT_QUANTILE
+    fitted_on: str = "val"
+
+    def score(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Distance of each row of ``features`` (``N×D``, pooled backbone output) to
+        the nearest class mean; larger is further from the training images."""
+        z = _normalise(features)
+        if isinstance(z, torch.Tensor):
+            z = z.cpu().numpy()
+        diff = z[:, None, :] - self.means[None, :, :]  # N × C × D
+        squared = np.einsum("ncd,de,nce->nc", diff, self.precision, diff)
+        return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+
+    def flag(self, scores: np.ndarray) -> np.ndarray:
+        """True where a score is above the threshold."""
+        return np.asarray(scores) > self.threshold
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors for the model export (under the ``ood.`` prefix there)."""
+        return {
+            "means": torch.tensor(self.means, dtype=torch.float64),
+            "precision": torch.tensor(self.precision, dtype=torch.float64),
+        }
+
+    def meta(self) -> dict[str, Any]:
+        """What ``model.json`` records about the score."""
+        return {
+            "score": "mahalanobis-l2norm-shared-ledoitwolf",
+            "threshold": float(self.threshold),
+            "quantile": float(self.quantile),
+            "fitted_on": self.fitted_on,
+        }
+
+    @classmethod
+    def from_export(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> FeatureDistance:
+        """Rebuild from a model export's ``ood.*`` tensors and ``model.json``'s ``ood``."""
+        return cls(
+            means=tensors[f"{TENSOR_PREFIX}.means"].double().numpy(),
+            precision=tensors[f"{TENSOR_PREFIX}.precision"].double().numpy(),
+            threshold=float(meta["threshold"]),
+            quantile=float(meta.get("quantile", DEFAULT_QUANTILE)),
+            fitted_on=str(meta.get("fitted_on", "?")),
+        )
+
+
+def fit_feature_distance(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    threshold_features: np.ndarray,
+    *,
+    quantile: float = DEFAULT_QUANTILE,
+    fitted_on: str = "val",
+) -> FeatureDistance:
+    """Class means and Ledoit-Wolf shared covariance from the training features, the
+    threshold as the ``quantile`` of the scores of ``threshold_features`` (the
+    validation split: images the means were not fitted on)."""
+    from sklearn.covariance import LedoitWolf  # here: predict loads this module without scikit-learn
+
+    z = _normalise(train_features)
+    labels = np.asarray(train_labels)
+    classes = sorted(set(labels.tolist()))
+    means = np.stack([z[labels == c].mean(axis=0) for c in classes])
+    centred = z - means[np.searchsorted(classes, labels)]
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    model = FeatureDistance(means=means, precision=precision, quantile=quantile, fitted_on=fitted_on)
+    model.threshold = float(np.quantile(model.score(threshold_features), quantile))
+    return model
+
+
+def at_most_flagged(in_scores: np.ndarray, share: float) -> float:
+    """The lowest threshold at which at most ``share`` of ``in_scores`` lie above it."""
+    ordered = np.sort(np.asarray(in_scores))
+    allowed = int(np.floor(share * len(ordered)))  # images that may be flagged
+    return float(ordered[len(ordered) - allowed - 1])
+
+
+def detection_summary(in_scores: np.ndarray, out_scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """How well a score separates in-distribution (``in_scores``) from other images:
+    AUROC (other = positive), the share of other images flagged at ``threshold``, the
+    share of in-distribution images flagged there, and the share of other images
+    flagged at the lowest threshold that flags at most 5% of in-distribution images."""
+    from sklearn.metrics import roc_auc_score
+
+    in_scores, out_scores = np.asarray(in_scores), np.asarray(out_scores)
+    truth = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
+    at_5 = at_most_flagged(in_scores, 0.05)
+    return {
+        "auroc": float(roc_auc_score(truth, np.r_[in_scores, out_scores])),
+        "flagged_other": float((out_scores > threshold).mean()),
+        "flagged_in": float((in_scores > threshold).mean()),
+        "flagged_other_at_5pct_in": float((out_scores > at_5).mean()),
+        "threshold_5pct_in": at_5,
+        "threshold": float(threshold),
+    }
