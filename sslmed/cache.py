@@ -89,7 +89,7 @@ def resize_image(image: Image.Image, size: int) -> np.ndarray:
     antialiased when shrinking, the whole image squeezed to a square as in evaluation)."""
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
+    array = np.array(image, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
