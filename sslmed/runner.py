@@ -93,9 +93,10 @@ def build_sources(recipe: Recipe, registry: Registry, only: set[str] | None = No
         source = sources[recipe.evaluation.data]
         for split in (recipe.evaluation.train_split, recipe.evaluation.test_split):
             records = source.records(split)
-            if any(not r.is_labelled for r in records):
+            if not any(r.is_labelled for r in records):  # partly labelled data: the probes use the labelled part
                 raise DataError(
-                    f"evaluation data {recipe.evaluation.data!r} split {split!r} has unlabelled images; the probe needs labels"
+                    f"evaluation data {recipe.evaluation.data!r} split {split!r} has no labelled images; "
+                    "the probe needs labels"
                 )
     return sources
 
@@ -277,12 +278,13 @@ def evaluate_run(
     if not step_is_done(step_dir):
         raise UsageError(f"{run_dir}: step {step.name!r} has not finished (resume the run first)")
     source = sources[settings.data]
-    splits = {
-        "train": LabelledSplit(source, source.records(settings.train_split)),
-        "test": LabelledSplit(source, source.records(settings.test_split)),
-    }
+
+    def labelled(split: str) -> LabelledSplit:  # unlabelled images are for pre-training only
+        return LabelledSplit(source, [r for r in source.records(split) if r.is_labelled])
+
+    splits = {"train": labelled(settings.train_split), "test": labelled(settings.test_split)}
     if "val" in source.splits and settings.train_split != "val" and settings.test_split != "val":
-        splits["val"] = LabelledSplit(source, source.records("val"))
+        splits["val"] = labelled("val")
     labels = {name: split.labels for name, split in splits.items()}
     size, channels, batch = step.image_size, step.in_channels, settings.batch_size
 
