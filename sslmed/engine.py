@@ -207,6 +207,11 @@ def train_step(
         trainer.strategy.barrier("sslmed-step-export")  # others wait for the export
 
 
+#: rank variables of Lightning's launcher, torchrun (RANK, GROUP_RANK: the node) and SLURM
+RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
 def is_worker_process() -> bool:
-    """True in the extra processes that Lightning's DDP launcher starts (rank > 0)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+    """True in every process but global rank 0: those Lightning's DDP launcher starts,
+    and those a cluster launcher (torchrun on other nodes, srun) starts."""
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in RANK_VARIABLES)

@@ -515,7 +515,8 @@ def cache_command(recipe: Path, overrides: tuple[str, ...], step_names: tuple[st
 
     loaded, registry = load_recipe_file(recipe, overrides)
     steps = [loaded.step(name) for name in step_names] if step_names else loaded.steps
-    sources = build_sources(loaded, registry, only={s.data for s in steps})
+    needed = {s.data for s in steps} | ({loaded.evaluation.data} if loaded.evaluation else set())
+    sources = build_sources(loaded, registry, only=needed)
     for step in steps:
         source = sources[step.data]
         if not wants_cache(step.cache, source, len(source.records(step.split))):
