@@ -81,9 +81,13 @@ def device_aug_rate(pipeline, args, batches: int) -> float:
 def train_rate(method, optimizer, args, steps: int) -> float:
     device = torch.device(args.device)
     views = [torch.randn(args.batch_size, 1, args.image_size, args.image_size, device=device) for _ in range(2)]
+    if args.channels_last:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    compute = torch.compile(method.compute_losses) if args.compile else method.compute_losses
 
     def step() -> None:
-        loss = method.compute_losses({"views": views})["loss"]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = compute({"views": views})["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -122,7 +126,9 @@ def rates(args) -> None:
     torch.manual_seed(0)
     method = SimCLRMethod(ResNetBackbone("resnet18", in_channels=1, small_input=False), SimCLRArgs(temperature=0.2))
     method = method.to(args.device).train()
-    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    if args.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-3, fused=args.fused or None)
     sides["train step"] = lambda: train_rate(method, optimizer, args, args.steps)
     found: dict[str, list[float]] = {name: [] for name in sides}
     for round_index in range(args.rounds):
@@ -146,6 +152,50 @@ def rates(args) -> None:
             indent=1,
         )
     )
+
+
+def profile(args) -> None:
+    """torch.profiler over ``--batches`` steps of the whole data path: cached uint8 batches,
+    transfer, batched augmentation, training step. Writes the table and a Chrome trace."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    device = torch.device(args.device)
+    source = corpus()
+    cache = ensure_cache(source, args.image_size, 1)
+    dataset = CachedImageDataset(cache, source.records("train"), as_tensor=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True, pin_memory=True
+    )
+    pipeline = build_batched_pipeline(AUGMENTATIONS, get_registry(), args.image_size, 1)
+    method = SimCLRMethod(ResNetBackbone("resnet18", in_channels=1, small_input=False), SimCLRArgs(temperature=0.2))
+    method = method.to(device).train()
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    generator = torch.Generator(device=device).manual_seed(0)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    batches = iter(loader)
+    next(batches)
+    args.profile.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        for _ in range(args.batches):
+            images, _labels = next(batches)
+            views = pipeline(images.to(device, non_blocking=True), generator)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                loss = method.compute_losses(views)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        sync(device)
+    seconds = time.perf_counter() - started
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30)
+    (args.profile / "profile.txt").write_text(
+        f"{args.batches} steps of batch {args.batch_size} at {args.image_size}px in {seconds:.2f}s "
+        f"({args.batches * args.batch_size / seconds:.0f} img/s, profiler on)\n\n{table}\n"
+    )
+    prof.export_chrome_trace(str(args.profile / "trace.json"))
+    print(table)
 
 
 def tree_memory(pid: int) -> tuple[int, int]:
@@ -224,9 +274,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="training steps per measurement (--rss: corpus steps)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rss", action="store_true", help="peak memory of a corpus run instead")
+    parser.add_argument("--profile", type=Path, help="profile --batches steps of loader + device aug + step into DIR")
+    parser.add_argument("--bf16", action="store_true", help="train step under bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true", help="train step in channels-last memory format")
+    parser.add_argument("--compile", action="store_true", help="train step through torch.compile")
+    parser.add_argument("--fused", action="store_true", help="fused AdamW")
     parser.add_argument("--runs-dir", default="/tmp/sslmed-bench-runs")
     args = parser.parse_args()
-    peak_memory(args) if args.rss else rates(args)
+    if args.rss:
+        peak_memory(args)
+    elif args.profile:
+        profile(args)
+    else:
+        rates(args)
 
 
 if __name__ == "__main__":
