@@ -28,7 +28,7 @@ run() {  # name, timeout, command...
 
 # cold then warm image cache of cxr_corpus at the training size
 run cache_cold 600 $PY -m sslmed.cli data cache recipes/simclr_multistep.yaml --step corpus --set defaults.image_size=$SIZE
-run cache_warm 120 $PY -m sslmed.cli data cache recipes/simclr_multistep.yaml --step corpus --set defaults.image_size=$SIZE
+run cache_warm 600 $PY -m sslmed.cli data cache recipes/simclr_multistep.yaml --step corpus --set defaults.image_size=$SIZE
 # loader (cache + augmentation) vs training step, median of rounds; then the step's options one by one
 run data_path 900 $PY bench/data_path.py --device $DEVICE --image-size $SIZE --batch-size $BATCH --workers $WORKERS \
   --rounds $ROUNDS --batches $BATCHES --steps $STEPS

@@ -169,3 +169,56 @@ def test_auto_caches_large_file_sources_only(covid_subset):
     assert wants_cache("on", covid_subset, 40) and not wants_cache("off", covid_subset, 22_548)
     in_memory = ImageSource("npz", ["x"], {"train": [ImageRecord(0)]}, lambda ref, mode="L": None)
     assert not wants_cache("auto", in_memory, 22_548)
+
+
+def test_data_cache_command_builds_once_and_prints_the_folder(tiny_recipe, tmp_path):
+    from click.testing import CliRunner
+
+    from sslmed.cli import cli
+    from sslmed.plugins import extend_cli
+
+    extend_cli(cli)  # plugin commands (``data``) are added when the CLI starts
+    recipe = tiny_recipe(extra="")
+    args = ["data", "cache", str(recipe), "--step", "target", "--set", "defaults.cache=on"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    folder = Path(first.stdout.strip().splitlines()[-1])
+    assert (folder / COMPLETE_FILE).is_file() and folder.name.startswith("covid3-") and "-16px-1ch" in folder.name
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and again.stdout.strip().splitlines()[-1] == str(folder)
+    off = CliRunner().invoke(cli, ["data", "cache", str(recipe), "--step", "target", "--set", "defaults.cache=off"])
+    assert off.exit_code == 0 and "no cache (cache: off" in off.output
+
+
+@pytest.mark.slow
+def test_a_step_trains_from_the_cache_with_augmentation_on_the_device(tiny_recipe):
+    from click.testing import CliRunner
+
+    from sslmed.cli import cli
+
+    recipe = tiny_recipe(objective="crsm", steps=1)
+    text = recipe.read_text().replace(
+        "augmentations: [{name: simclr}]", "augmentations: [{name: simclr}, {name: mdre}]"
+    )
+    recipe.write_text(text + "\n")
+    sets = ["--set", "defaults.cache=on", "--set", "defaults.augment_on=device", "--set", "evaluation.train_split=val"]
+    result = CliRunner().invoke(cli, ["-q", "run", str(recipe), "--runs-dir", str(recipe.parent / "runs"), *sets])
+    assert result.exit_code == 0, result.output
+    assert "| sslmed:target | linear |" in result.stdout
+
+
+def test_augment_on_device_names_what_cannot_run_batched(tiny_recipe):
+    from click.testing import CliRunner
+
+    from sslmed.cli import cli
+
+    recipe = tiny_recipe()
+    sets = [
+        "--set",
+        "defaults.augment_on=device",
+        "--set",
+        "defaults.augmentations=[{name: simclr, gaussian_blur: 0.5}]",
+    ]
+    result = CliRunner().invoke(cli, ["run", str(recipe), "--runs-dir", str(recipe.parent / "runs"), *sets])
+    assert result.exit_code != 0
+    assert "augment_on: device is not possible" in result.output and "gaussian_blur" in result.output
