@@ -158,6 +158,9 @@ class ImageSource:
             else:
                 labels = [r.label for r in records]
                 entry["per_class"] = {c: labels.count(i) for i, c in enumerate(self.classes)}
+            unlabelled = sum(not r.is_labelled for r in records)
+            if unlabelled and self.classes:  # a partly labelled source: these are for pre-training only
+                entry["unlabelled"] = unlabelled
             patients = {r.patient_id for r in records if r.patient_id}
             if patients:
                 entry["patients"] = len(patients)

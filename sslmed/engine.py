@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from sslmed.cache import CachedImageDataset, DecodedImageDataset, ImageCache, cache_root, ensure_cache, wants_cache
 from sslmed.checkpoints import load_backbone_weights, save_backbone, save_tensors
 from sslmed.data import ImageDataset, ImageSource
 from sslmed.errors import SslmedError, UsageError
@@ -26,7 +27,7 @@ from sslmed.methods import SSLMethod
 from sslmed.recipe import StepSettings
 from sslmed.registry import Registry
 from sslmed.rundir import LOGS, StepDir
-from sslmed.transforms import build_view_pipeline, image_mode
+from sslmed.transforms import BatchedViewPipeline, build_batched_pipeline, build_view_pipeline, image_mode
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,68 @@ def build_method(step: StepSettings, registry: Registry) -> SSLMethod:
     return method
 
 
-def make_loader(step: StepSettings, source: ImageSource, registry: Registry) -> torch.utils.data.DataLoader:
-    """Shuffled, view-making loader over the step's split (the last partial batch dropped)."""
+def uses_gpu(step: StepSettings) -> bool:
+    """Whether the step trains on a GPU (``accelerator: auto`` picks one when present)."""
+    if step.accelerator in ("gpu", "cuda"):
+        return True
+    return step.accelerator == "auto" and torch.cuda.is_available()
+
+
+def device_pipeline(step: StepSettings, registry: Registry) -> BatchedViewPipeline | None:
+    """The batched augmentation pipeline when the step augments on the device, else None.
+
+    ``augment_on: device`` needs a batched version of every augmentation (an error
+    naming the one that lacks it); ``auto`` uses it on a GPU when it exists."""
+    if step.augment_on == "cpu" or (step.augment_on == "auto" and not uses_gpu(step)):
+        return None
+    specs = [a.spec() for a in step.augmentations]
+    pipeline = build_batched_pipeline(specs, registry, step.image_size, step.in_channels)
+    if isinstance(pipeline, str):
+        if step.augment_on == "device":
+            raise UsageError(f"step {step.name!r}: augment_on: device is not possible: {pipeline} (use cpu or auto)")
+        log.info("step %s: augmenting on the CPU: %s", step.name, pipeline)
+        return None
+    return pipeline
+
+
+def step_cache(step: StepSettings, source: ImageSource, progress: bool = True) -> ImageCache | None:
+    """The decode-once cache of the step's data, built if needed (None when off)."""
+    if not wants_cache(step.cache, source, len(source.records(step.split))):
+        return None
+    root = cache_root(step.cache)
+    return ensure_cache(source, step.image_size, step.in_channels, root, progress=progress and sys.stderr.isatty())
+
+
+def make_loader(
+    step: StepSettings,
+    source: ImageSource,
+    registry: Registry,
+    cache: ImageCache | None = None,
+    on_device: bool = False,
+) -> torch.utils.data.DataLoader:
+    """Shuffled loader over the step's split (the last partial batch dropped).
+
+    Images come from ``cache`` when given, else from the files. ``on_device``: the
+    loader yields uint8 batches at the training size and the method augments them on
+    the device; otherwise the workers make the views image by image.
+    """
     records = source.records(step.split)
     if len(records) < step.batch_size:
         raise UsageError(
             f"step {step.name!r}: batch_size {step.batch_size} is larger than its data "
             f"({len(records)} images in {source.name!r} split {step.split!r})"
         )
-    pipeline = build_view_pipeline([a.spec() for a in step.augmentations], registry, step.image_size, step.in_channels)
-    dataset = ImageDataset(source, records, pipeline, mode=image_mode(step.in_channels))
+    pipeline = None
+    if not on_device:
+        pipeline = build_view_pipeline(
+            [a.spec() for a in step.augmentations], registry, step.image_size, step.in_channels
+        )
+    if cache is not None:
+        dataset: torch.utils.data.Dataset = CachedImageDataset(cache, records, pipeline, as_tensor=on_device)
+    elif on_device:
+        dataset = DecodedImageDataset(source, records, step.image_size, step.in_channels)
+    else:
+        dataset = ImageDataset(source, records, pipeline, mode=image_mode(step.in_channels))
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=step.batch_size,
@@ -122,7 +175,9 @@ def train_step(
     if init_from is not None:
         load_backbone_weights(init_from, method.backbone, expect=backbone_identity(step))
         log.info("step %s: backbone initialised from %s", step.name, init_from)
-    loader = make_loader(step, source, registry)
+    views = device_pipeline(step, registry)
+    method.set_device_views(views, seed=step.seed)
+    loader = make_loader(step, source, registry, cache=step_cache(step, source, progress), on_device=views is not None)
     trainer = make_trainer(step, directory, progress)
     last = StepDir(directory).last_checkpoint
     resume_from = str(last) if last.is_file() else None
@@ -153,6 +208,11 @@ def train_step(
         trainer.strategy.barrier("sslmed-step-export")  # others wait for the export
 
 
+#: rank variables of Lightning's launcher, torchrun (RANK, GROUP_RANK: the node) and SLURM
+RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
 def is_worker_process() -> bool:
-    """True in the extra processes that Lightning's DDP launcher starts (rank > 0)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+    """True in every process but global rank 0: those Lightning's DDP launcher starts,
+    and those a cluster launcher (torchrun on other nodes, srun) starts."""
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in RANK_VARIABLES)

@@ -280,12 +280,13 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
     assert settings is not None  # callers check; the message is theirs
     step = recipe.probed_step()
     task = task_for(source.task)
-    splits = {
-        "train": LabelledSplit(source, source.records(settings.train_split)),
-        "test": LabelledSplit(source, source.records(settings.test_split)),
-    }
+
+    def labelled(split: str) -> LabelledSplit:  # unlabelled images are for pre-training only
+        return LabelledSplit(source, [r for r in source.records(split) if r.is_labelled])
+
+    splits = {"train": labelled(settings.train_split), "test": labelled(settings.test_split)}
     if "val" in source.splits and settings.train_split != "val" and settings.test_split != "val":
-        splits["val"] = LabelledSplit(source, source.records("val"))
+        splits["val"] = labelled("val")
     labels = {name: split.labels for name, split in splits.items()}
     size, channels, batch = step.image_size, step.in_channels, settings.batch_size
 

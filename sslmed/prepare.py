@@ -49,9 +49,9 @@ def build_sources(recipe: Recipe, registry: Registry, only: set[str] | None = No
         source = sources[recipe.evaluation.data]
         for split in (recipe.evaluation.train_split, recipe.evaluation.test_split):
             records = source.records(split)
-            if any(not r.is_labelled for r in records):
+            if not any(r.is_labelled for r in records):  # partly labelled data: the probes use the labelled part
                 raise DataError(
-                    f"evaluation data {recipe.evaluation.data!r} split {split!r} has unlabelled images; "
+                    f"evaluation data {recipe.evaluation.data!r} split {split!r} has no labelled images; "
                     "the probe needs labels"
                 )
     return sources

@@ -86,6 +86,25 @@ class StepSettings(_Strict):
     sync_batchnorm: bool = False
     log_every_n_steps: int = Field(10, ge=1)
     checkpoint_every_n_steps: int | None = Field(50, ge=1, description="also checkpoint mid-epoch, for resume")
+    cache: str = Field(
+        "auto",
+        min_length=1,
+        description="decode-once image cache: auto (on for file-based data of 4,000+ images), on, off, or a folder "
+        "to keep it in (default folder: $SSLMED_CACHE_DIR or ~/.cache/sslmed)",
+    )
+
+    @pydantic.field_validator("cache", mode="before")
+    @classmethod
+    def _cache_words(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML reads a bare on/off as true/false
+            return "on" if value else "off"
+        return value
+
+    augment_on: Literal["auto", "device", "cpu"] = Field(
+        "auto",
+        description="where the augmentations run: device (batched on the training device, from uint8 batches), "
+        "cpu (per image in the loader workers), auto (device on a GPU, else cpu)",
+    )
 
 
 class SupervisedSettings(_Strict):

@@ -80,7 +80,9 @@ def validate(recipe: Path, overrides: tuple[str, ...], no_data: bool) -> None:
         sources = build_sources(loaded, registry)
         for alias, source in sources.items():
             counts = ", ".join(f"{split} {len(records)}" for split, records in source.splits.items())
-            click.echo(f"data {alias}: {len(source.classes)} classes; {counts}", err=True)
+            unlabelled = sum(not r.is_labelled for r in source.records("all")) if source.classes else 0
+            extra = f"; {unlabelled} unlabelled (pre-training only)" if unlabelled else ""
+            click.echo(f"data {alias}: {len(source.classes)} classes; {counts}{extra}", err=True)
     click.echo(f"{recipe}: OK ({len(loaded.steps)} step(s): {', '.join(s.name for s in loaded.steps)})")
 
 

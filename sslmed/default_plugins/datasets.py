@@ -63,7 +63,11 @@ class CsvArgs(SplitArgs):
         "path itself)",
     )
     path_column: str = Field("path", description="column with each image's path")
-    label_column: str | None = Field("label", description="column with each image's class; null for unlabelled images")
+    label_column: str | None = Field(
+        "label",
+        description="column with each image's class (an empty cell: an unlabelled image, used for pre-training and "
+        "left out of probes); null when no image has a label",
+    )
     patient_column: str | None = Field(None, description="patient id column, for patient-wise splits")
     split_column: str | None = Field(None, description="a column giving each image's split (train/val/test)")
     classes: list[str] | None = Field(None, description="class order (default: sorted labels)")
@@ -133,11 +137,11 @@ def build_csv(args: CsvArgs, *, data_root: Path, **_context: Any) -> ImageSource
         )
     labels_seen = sorted({row[args.label_column] or "" for row in rows}) if args.label_column else []
     classes = list(args.classes or [label for label in labels_seen if label])
-    if args.label_column:
+    if args.label_column:  # an empty label is an unlabelled image (pre-training only, left out of probes)
         bad = [
-            f"line {line}: {row[args.label_column]!r}" + (" (empty)" if not row[args.label_column] else "")
+            f"line {line}: {row[args.label_column]!r}"
             for line, row in enumerate(rows, start=2)
-            if (row[args.label_column] or "") not in classes
+            if (row[args.label_column] or "").strip() and row[args.label_column] not in classes
         ]
         if bad:
             raise DataError(f"{table}: {len(bad)} label(s) not in the class list {classes}: {listed(bad)}")
@@ -146,7 +150,8 @@ def build_csv(args: CsvArgs, *, data_root: Path, **_context: Any) -> ImageSource
         ref = (row[args.path_column] or "").strip()
         if not ref:
             raise DataError(f"{table}: line {line}: empty {args.path_column!r}")
-        label = classes.index(row[args.label_column]) if args.label_column else UNLABELLED
+        text = (row[args.label_column] or "").strip() if args.label_column else ""
+        label = classes.index(row[args.label_column]) if text else UNLABELLED
         patient = None
         if args.patient_column:
             patient = (row[args.patient_column] or "").strip() or None
