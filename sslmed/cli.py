@@ -130,7 +130,7 @@ def validate(recipe: Path, overrides: tuple[str, ...], no_data: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List loaded plugins: name, version, hooks and the components each gave."""
-    from sslmed.plugins import get_registry, plugin_infos
+    from sslmed.plugins import disable_hint, get_registry, plugin_infos
 
     registry = get_registry()
     infos = []
@@ -152,7 +152,8 @@ def plugins(as_json: bool) -> None:
     for info in infos:
         origin = "built-in" if info["builtin"] else "external"
         if info["error"]:
-            click.echo(f"{info['name']} (external, FAILED TO LOAD): {info['error']}")
+            click.echo(f"{info['name']} (external, FAILED, skipped): {info['error']}")
+            click.echo(f"  {disable_hint(info['name'])}")
             continue
         click.echo(f"{info['name']} {info['version'] or ''} ({origin})")
         click.echo(f"  hooks: {', '.join(info['hooks'])}")
