@@ -104,7 +104,8 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: str | None, runs_dir: 
     result = run_recipe(recipe, overrides, runs_dir=runs_dir, resume=resume, run_dir=run_dir)
     if result is None:  # a DDP worker process: rank 0 reports
         return
-    click.echo(f"run folder: {result.run_dir}", err=True)
+    if logging.getLogger("sslmed.runner").getEffectiveLevel() > logging.INFO:
+        click.echo(f"run folder: {result.run_dir}", err=True)  # -q: the log line saying so was not shown
     if result.table:
         click.echo(result.table)
 

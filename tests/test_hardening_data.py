@@ -63,3 +63,27 @@ def test_on_error_error_still_stops_at_the_bad_file(folder_with_a_bad_file: Path
     )
     with pytest.raises(ImageLoadError, match=r"bad\.png"):
         ImageDataset(source, source.records("train"), transform=lambda image: image)[1]
+
+
+@pytest.mark.parametrize(("options", "expected"), [((), 1), (("-q",), 1)])
+def test_run_folder_is_named_once(
+    options: tuple[str, ...], expected: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner logs the run folder when it starts; the command repeats it only under -q."""
+    import logging
+
+    from click.testing import CliRunner
+
+    import sslmed.runner
+    from sslmed.cli import cli
+
+    def fake_run(*args: object, **kwargs: object) -> sslmed.runner.RunResult:
+        logging.getLogger("sslmed.runner").info("run folder: %s", tmp_path)  # what run_recipe logs
+        return sslmed.runner.RunResult(tmp_path)
+
+    monkeypatch.setattr(sslmed.runner, "run_recipe", fake_run)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\n")
+    result = CliRunner().invoke(cli, [*options, "run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("run folder:") == expected
