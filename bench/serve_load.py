@@ -104,7 +104,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, concurrency: int, threads: int | None, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model: Path, concurrency: int, threads: int | None, log: Path, start_timeout: float = 120
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     sslmed = Path(sys.executable).with_name("sslmed")
     command = [
@@ -124,7 +126,7 @@ def start_server(model: Path, concurrency: int, threads: int | None, log: Path) 
             command + (["--threads", str(threads)] if threads else []), stdout=subprocess.DEVNULL, stderr=out
         )
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + start_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the server exited: {log.read_text(errors='replace')[-2000:]}")
@@ -134,7 +136,7 @@ def start_server(model: Path, concurrency: int, threads: int | None, log: Path) 
         except OSError:
             time.sleep(0.5)
     process.terminate()
-    raise SystemExit("the server did not start within 120 s")
+    raise SystemExit(f"the server did not start within {start_timeout:.0f} s")
 
 
 class HttpClient:
@@ -323,7 +325,7 @@ def load_test(args: argparse.Namespace) -> None:
         image = str(Path(temp) / f"xray_{args.size}.png")
         Image.open(IMAGE).convert("L").resize((args.size, args.size), Image.Resampling.BILINEAR).save(image)
         model = args.model or export_resnet18(Path(temp) / "model")
-        process, url = start_server(model, args.concurrency, args.threads, Path(temp) / "server.log")
+        process, url = start_server(model, args.concurrency, args.threads, Path(temp) / "server.log", 900)
         try:
             rss = {"start": server_rss_mb(process.pid)}
             for endpoint in ("predict", "explain"):  # warm-up: both endpoints, a few times
