@@ -111,7 +111,12 @@ class StepSettings(_Strict):
     precision: str = "32-true"
     sync_batchnorm: bool = False
     log_every_n_steps: Int = Field(10, ge=1)
-    checkpoint_every_n_steps: Int | None = Field(50, ge=1, description="also checkpoint mid-epoch, for resume")
+    checkpoint_every_n_steps: Int | None = Field(
+        50,
+        ge=1,
+        description="no longer used (kept so older recipes load): checkpoints are written at the end of every "
+        "epoch, where resume is exact",
+    )
 
 
 class SupervisedSettings(_Strict):
