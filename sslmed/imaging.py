@@ -260,8 +260,9 @@ def _bits_of(image: Image.Image) -> int:
 def _read_pil(data: bytes, name: str, max_side: int | None) -> tuple[Image.Image, ImageInfo]:
     try:
         with warnings.catch_warnings():
-            # we downscale big images ourselves and keep our own hard limit below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # we downscale big images ourselves and keep our own hard limit below; PIL's
+            # other warnings (broken EXIF or metadata) say nothing the loader does not
+            warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data))
             info = ImageInfo(image.width, image.height, image.mode, image.format or "unknown", _bits_of(image))
             if image.width * image.height > MAX_PIXELS:
@@ -286,7 +287,9 @@ def _read_pil(data: bytes, name: str, max_side: int | None) -> tuple[Image.Image
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
         raise ImageLoadError(f"{name}: image is corrupt or truncated ({exc})") from None
     try:
-        image = ImageOps.exif_transpose(image) or image
+        with warnings.catch_warnings():  # PIL warns ("Truncated File Read") about broken EXIF blocks
+            warnings.simplefilter("ignore")
+            image = ImageOps.exif_transpose(image) or image
     except Exception:  # a broken EXIF block: keep the pixels as stored
         pass
     return image, info

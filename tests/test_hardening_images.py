@@ -116,3 +116,18 @@ def test_pydicom_warnings_do_not_reach_the_user(tmp_path: Path, caplog: pytest.L
             load_image(path)
     assert [str(w.message) for w in caught] == []
     assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")] == []
+
+
+def test_broken_exif_warnings_do_not_reach_the_user() -> None:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()  # an EXIF block that declares 5 entries and holds one, cut short
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01\x03\x00"
+    Image.new("L", (16, 16), 128).save(buffer, "JPEG", exif=exif)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = load_image(buffer.getvalue())
+    assert image.size == (16, 16)
+    assert [str(w.message) for w in caught] == []
