@@ -155,6 +155,8 @@ def finish_source(
             if source.path_of(r) is not None and not source.path_of(r).is_file()
         ]  # type: ignore[union-attr]
         source = apply_failures(source, missing, args.on_error)  # type: ignore[arg-type]
+        if args.on_error == "skip":  # files that exist but do not decode are left out while training
+            source.details["skip_unreadable"] = True
     kept = [r for rs in source.splits.values() for r in rs]
     if not kept:
         raise DataError(f"data {name!r}: no readable images left ({len(source.skipped)} skipped)")

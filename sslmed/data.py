@@ -217,18 +217,42 @@ class ImageDataset(torch.utils.data.Dataset):
         records: Sequence[ImageRecord],
         transform: Callable[[Image.Image], Any],
         mode: str = "L",
+        substitute_unreadable: bool | None = None,
     ) -> None:
         self.source = source
         self.records = list(records)
         self.transform = transform
         self.mode = mode
+        # a source with on_error: skip but verify: false finds bad files only while training:
+        # use the next readable image instead of stopping (never where labels are read
+        # from the records, as evaluation does)
+        self.substitute_unreadable = (
+            bool(source.details.get("skip_unreadable")) if substitute_unreadable is None else substitute_unreadable
+        )
+        self._unreadable: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _read(self, index: int) -> tuple[int, Image.Image]:
+        """The image of ``index``, or of the next readable record when substituting."""
+        for offset in range(len(self.records)):
+            position = (index + offset) % len(self.records)
+            if position in self._unreadable:
+                continue
+            try:
+                return position, self.source.read(self.records[position].ref, self.mode)
+            except ImageLoadError as exc:
+                if not self.substitute_unreadable:
+                    raise
+                self._unreadable.add(position)
+                log.warning("data %r: %s; left out (on_error: skip), the next image is used", self.source.name, exc)
+        raise DataError(f"data {self.source.name!r}: none of its {len(self.records)} images can be read")
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
+        index, raw = self._read(index)
         record = self.records[index]
-        image = self.transform(self.source.read(record.ref, self.mode))
+        image = self.transform(raw)
         if record.targets is not None:
             return image, torch.tensor(record.targets, dtype=torch.float32)
         return image, record.label

@@ -67,7 +67,10 @@ class LabelledSplit:
     def loader(
         self, transform: Callable, in_channels: int, batch_size: int, shuffle: bool = False
     ) -> torch.utils.data.DataLoader:
-        dataset = ImageDataset(self.source, self.records, transform, mode=image_mode(in_channels))
+        # labels come from the records: an unreadable file may not be replaced by another
+        dataset = ImageDataset(
+            self.source, self.records, transform, mode=image_mode(in_channels), substitute_unreadable=False
+        )
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
 
 

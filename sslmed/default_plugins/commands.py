@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import sys
 import typing
 from pathlib import Path
@@ -62,7 +63,8 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: str | None, runs_dir: 
     result = run_recipe(recipe, overrides, runs_dir=runs_dir, resume=resume, run_dir=run_dir)
     if result is None:  # a DDP worker process: rank 0 reports
         return
-    click.echo(f"run folder: {result.run_dir}", err=True)
+    if logging.getLogger("sslmed.runner").getEffectiveLevel() > logging.INFO:
+        click.echo(f"run folder: {result.run_dir}", err=True)  # -q: the log line saying so was not shown
     if result.table:
         click.echo(result.table)
 
@@ -90,7 +92,7 @@ def validate(recipe: Path, overrides: tuple[str, ...], no_data: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List loaded plugins: name, version, hooks and the components each gave."""
-    from sslmed.plugins import get_registry, plugin_infos
+    from sslmed.plugins import disable_hint, get_registry, plugin_infos
 
     registry = get_registry()
     infos = []
@@ -112,7 +114,8 @@ def plugins(as_json: bool) -> None:
     for info in infos:
         origin = "built-in" if info["builtin"] else "external"
         if info["error"]:
-            click.echo(f"{info['name']} (external, FAILED TO LOAD): {info['error']}")
+            click.echo(f"{info['name']} (external, FAILED, skipped): {info['error']}")
+            click.echo(f"  {disable_hint(info['name'])}")
             continue
         click.echo(f"{info['name']} {info['version'] or ''} ({origin})")
         click.echo(f"  hooks: {', '.join(info['hooks'])}")
