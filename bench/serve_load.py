@@ -350,7 +350,7 @@ def load_test(args: argparse.Namespace) -> None:
         image = str(Path(temp) / f"xray_{args.size}.png")
         Image.open(IMAGE).convert("L").resize((args.size, args.size), Image.Resampling.BILINEAR).save(image)
         model = args.model or export_resnet18(Path(temp) / "model")
-        process, url = start_server(model, args.concurrency, args.threads, Path(temp) / "server.log", 900)
+        process, url = start_server(model, args.concurrency, args.threads, Path(temp) / "server.log", start_timeout=900)
         try:
             rss = {"start": server_rss_mb(process.pid)}
             for endpoint in ("predict", "explain"):  # warm-up: both endpoints, a few times
