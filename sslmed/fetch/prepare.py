@@ -34,10 +34,10 @@ import numpy as np
 from PIL import Image
 
 from sslmed.catalog import CATALOG, CatalogEntry, is_present
-from sslmed.default_plugins.data_commands import average_hash
 from sslmed.errors import DataError
 from sslmed.fetch.download import no_space
 from sslmed.imaging import load_image
+from sslmed.inspection import average_hash
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".webp"}
 SHORT_SIDE = 256
