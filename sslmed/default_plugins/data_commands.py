@@ -151,7 +151,7 @@ def _with_source_options(func: Any) -> Any:
 
 @click.group(name="data")
 def data_group() -> None:
-    """Look at data before training on it: inspect a source, write split files, build the image cache."""
+    """Get and look at data: fetch catalogue datasets, inspect a source, write split files, build the image cache."""
 
 
 @data_group.command(name="inspect")
