@@ -4,11 +4,10 @@ Runs the tests' tiny two-step recipe (16 px, 2 optimiser steps per step, linear 
 on ../shared/data under ``sys.setprofile`` and counts, for the sslmed tree on
 ``PYTHONPATH`` (run it once on an old checkout and once on this one to compare):
 
-* ``runner functions``: the functions of ``sslmed/runner.py`` that ran;
-* ``entries``: how many times control went from a function of another ``sslmed``
-  module into runner.py (a call into it, or a return back to it);
+* ``runner functions``: the functions of ``sslmed/runner.py`` that ran (the places the
+  path of a recipe passes through the runner);
 * ``callees``: the distinct functions of other ``sslmed`` modules that runner.py
-  called directly (what it is a hub for).
+  called directly, and their modules (what it is a hub for).
 
     PYTHONPATH=. .venv/bin/python bench/runner_path.py
 """
@@ -29,26 +28,18 @@ def main() -> None:
     recipe_text = (Path(__file__).resolve().parents[1] / "tests" / "conftest.py").read_text()
     tiny = recipe_text.split('TINY_RECIPE = """\\\n', 1)[1].split('"""', 1)[0]
     tiny = tiny.format(objective="simclr", steps=2).replace("{{", "{").replace("}}", "}")
-    entries, functions, callees = 0, set(), set()
-
-    def in_sslmed(frame) -> bool:
-        return frame is not None and frame.f_code.co_filename.startswith(str(root))
+    functions: set[str] = set()
+    callees: set[str] = set()
 
     def profile(frame, event, _arg) -> None:
-        nonlocal entries
-        if event not in ("call", "return"):
+        if event != "call":
             return
-        code = frame.f_code
-        caller = frame.f_back
-        if event == "call" and code.co_filename == runner_file:
-            functions.add(code.co_name)
-            if in_sslmed(caller) and caller.f_code.co_filename != runner_file:
-                entries += 1
-        elif event == "call" and in_sslmed(frame) and caller is not None and caller.f_code.co_filename == runner_file:
+        code, caller = frame.f_code, frame.f_back
+        if code.co_filename == runner_file:
+            if not code.co_name.startswith("<"):  # not the module body or a comprehension
+                functions.add(code.co_name)
+        elif code.co_filename.startswith(str(root)) and caller is not None and caller.f_code.co_filename == runner_file:
             callees.add(f"{Path(code.co_filename).relative_to(root)}:{code.co_name}")
-        elif event == "return" and in_sslmed(frame) and code.co_filename != runner_file:
-            if caller is not None and caller.f_code.co_filename == runner_file:
-                entries += 1  # control comes back to the runner
 
     with tempfile.TemporaryDirectory() as folder:
         recipe = Path(folder) / "tiny.yaml"
@@ -62,8 +53,9 @@ def main() -> None:
             sys.setprofile(None)
     print(f"sslmed at {root}")
     print(f"runner functions ({len(functions)}): {', '.join(sorted(functions))}")
-    print(f"entries into runner.py from other sslmed modules (calls + returns): {entries}")
+    modules = sorted({c.split(":")[0] for c in callees})
     print(f"callees in other sslmed modules ({len(callees)}): {', '.join(sorted(callees))}")
+    print(f"modules the runner calls ({len(modules)}): {', '.join(modules)}")
 
 
 if __name__ == "__main__":

@@ -143,21 +143,11 @@ class ImageSource:
             "splits": {},
             "split_origin": self.split_origin,
         }
+        from sslmed.tasks import task_for  # tasks reads records, so it imports this module
+
+        task = task_for(self.task)
         for split, records in self.splits.items():
-            entry: dict[str, Any] = {"images": len(records)}
-            if self.task == "multilabel":
-                matrix = targets_matrix(records, len(self.classes))
-                entry["per_finding"] = {
-                    c: {
-                        "positive": int(np.sum(matrix[:, i] == 1)),
-                        "negative": int(np.sum(matrix[:, i] == 0)),
-                        "unknown": int(np.sum(np.isnan(matrix[:, i]))),
-                    }
-                    for i, c in enumerate(self.classes)
-                }
-            else:
-                labels = [r.label for r in records]
-                entry["per_class"] = {c: labels.count(i) for i, c in enumerate(self.classes)}
+            entry: dict[str, Any] = {"images": len(records), **task.counts(records, self.classes)}
             unlabelled = sum(not r.is_labelled for r in records)
             if unlabelled and self.classes:  # a partly labelled source: these are for pre-training only
                 entry["unlabelled"] = unlabelled

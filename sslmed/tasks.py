@@ -54,6 +54,10 @@ class Task:
         """Sorted indices of a ``fraction`` of the training labels."""
         raise NotImplementedError
 
+    def counts(self, records: Sequence[Any], classes: Sequence[str]) -> dict[str, Any]:
+        """Label counts of some records, for manifests and ``sslmed data inspect``."""
+        raise NotImplementedError
+
     def fit_probe(self, make: ProbeFactory, x: np.ndarray, y: np.ndarray) -> Any:
         """A probe fitted on features ``x`` and labels ``y``."""
         raise NotImplementedError
@@ -107,6 +111,11 @@ class MultiClassTask(Task):
         size = max(len(set(labels.tolist())), int(round(fraction * len(labels))))
         chosen, _rest = train_test_split(indices, train_size=size, stratify=labels, random_state=seed)
         return np.sort(chosen)
+
+    def counts(self, records: Sequence[Any], classes: Sequence[str]) -> dict[str, Any]:
+        """``{"per_class": {class: images}}``."""
+        labels = [r.label for r in records]
+        return {"per_class": {c: labels.count(i) for i, c in enumerate(classes)}}
 
     def fit_probe(self, make: ProbeFactory, x: np.ndarray, y: np.ndarray) -> Any:
         return make().fit(x, y)
@@ -188,6 +197,20 @@ class MultiLabelTask(Task):
             return np.arange(len(labels))
         size = max(2, int(round(fraction * len(labels))))
         return np.sort(np.random.default_rng(seed).choice(len(labels), size=size, replace=False))
+
+    def counts(self, records: Sequence[Any], classes: Sequence[str]) -> dict[str, Any]:
+        """``{"per_finding": {finding: {positive, negative, unknown}}}``."""
+        matrix = targets_matrix(records, len(classes))
+        return {
+            "per_finding": {
+                c: {
+                    "positive": int(np.sum(matrix[:, i] == 1)),
+                    "negative": int(np.sum(matrix[:, i] == 0)),
+                    "unknown": int(np.sum(np.isnan(matrix[:, i]))),
+                }
+                for i, c in enumerate(classes)
+            }
+        }
 
     def fit_probe(self, make: ProbeFactory, x: np.ndarray, y: np.ndarray) -> MultiLabelProbe:
         return MultiLabelProbe(make).fit(x, y)
