@@ -36,6 +36,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_partial_files(folder: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that a write killed half-way
+    left in ``folder``; returns them. A resumed run calls this before writing again."""
+    removed = []
+    for partial in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+        partial.unlink(missing_ok=True)
+        removed.append(partial)
+    return removed
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Text version of :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -108,7 +118,8 @@ def load_backbone_weights(
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{directory}: weights do not fit this backbone (missing {len(result.missing_keys)} keys, "
-            f"e.g. {result.missing_keys[:2]}; unexpected {len(result.unexpected_keys)}, e.g. {result.unexpected_keys[:2]})"
+            f"e.g. {result.missing_keys[:2]}; unexpected {len(result.unexpected_keys)}, "
+            f"e.g. {result.unexpected_keys[:2]})"
         )
     return meta
 

@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from sslmed.checkpoints import load_backbone_weights, save_backbone, save_tensors
+from sslmed.checkpoints import load_backbone_weights, remove_partial_files, save_backbone, save_tensors
 from sslmed.data import ImageDataset, ImageSource
 from sslmed.errors import CheckpointError, SslmedError, UsageError
 from sslmed.methods import SSLMethod
@@ -172,6 +172,7 @@ def make_trainer(step: StepSettings, directory: Path, progress: bool = True) -> 
         mode="max",
         save_top_k=2,  # the newest two: one to fall back on
         save_last=True,
+        enable_version_counter=False,  # a resumed step overwrites last.ckpt, never adds last-v1.ckpt
         every_n_epochs=1,
         save_on_train_epoch_end=True,
     )
@@ -205,9 +206,8 @@ def find_resume_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | Non
     folder = directory / "checkpoints"
     if not folder.is_dir():
         return None
-    for partial in folder.glob(".*.tmp"):
-        log.warning("removing %s: a checkpoint write that did not finish", partial)
-        partial.unlink(missing_ok=True)
+    for partial in remove_partial_files(folder):
+        log.warning("removed %s: a checkpoint write that did not finish", partial)
     candidates = sorted(folder.glob("epoch*.ckpt"), reverse=True)  # zero-padded: newest first
     if (folder / "last.ckpt").is_file():
         candidates.append(folder / "last.ckpt")
@@ -257,8 +257,10 @@ def train_step(
     init_from: Path | None = None,
     progress: bool = True,
 ) -> None:
-    """Train one step (resuming from ``checkpoints/last.ckpt`` if present) and export it."""
+    """Train one step (resuming from its newest loadable epoch checkpoint) and export it."""
     directory.mkdir(parents=True, exist_ok=True)
+    for partial in remove_partial_files(directory):  # an export killed before its rename
+        log.warning("removed %s: a write that did not finish", partial)
     L.seed_everything(step.seed, workers=True, verbose=False)
     method = build_method(step, registry)
     if init_from is not None:

@@ -30,6 +30,7 @@ from sslmed.checkpoints import (
     load_backbone_weights,
     load_tensors,
     read_backbone_meta,
+    remove_partial_files,
 )
 from sslmed.data import ImageSource, resolve_data_root, write_run_data
 from sslmed.engine import backbone_identity, is_worker_process, step_is_done, train_step
@@ -167,6 +168,8 @@ def resolve_resume(recipe: Recipe, runs_dir: Path, resume: str) -> Path:
         run_dir = Path(resume)
         if not (run_dir / "recipe.yaml").is_file():
             raise UsageError(f"--resume {resume}: not a run folder (no recipe.yaml)")
+    for folder in (run_dir, run_dir / "model"):  # results or a model export killed before its rename
+        remove_partial_files(folder)
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     current = recipe_document(recipe)
     if saved != current:
