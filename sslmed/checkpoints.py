@@ -94,7 +94,8 @@ def load_backbone_weights(
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{directory}: weights do not fit this backbone (missing {len(result.missing_keys)} keys, "
-            f"e.g. {result.missing_keys[:2]}; unexpected {len(result.unexpected_keys)}, e.g. {result.unexpected_keys[:2]})"
+            f"e.g. {result.missing_keys[:2]}; unexpected {len(result.unexpected_keys)}, "
+            f"e.g. {result.unexpected_keys[:2]})"
         )
     return meta
 

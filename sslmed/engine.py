@@ -40,7 +40,7 @@ from sslmed.errors import CheckpointError, SslmedError, UsageError
 from sslmed.methods import SSLMethod
 from sslmed.recipe import StepSettings
 from sslmed.registry import Registry
-from sslmed.rundir import LOGS, StepDir
+from sslmed.rundir import LOGS, StepDir, remove_partial_files
 from sslmed.transforms import BatchedViewPipeline, build_batched_pipeline, build_view_pipeline, image_mode
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,7 @@ def make_trainer(step: StepSettings, directory: Path, progress: bool = True) -> 
         mode="max",
         save_top_k=2,  # the newest two: one to fall back on
         save_last=True,
+        enable_version_counter=False,  # a resumed step overwrites last.ckpt, never adds last-v1.ckpt
         every_n_epochs=1,
         save_on_train_epoch_end=True,
     )
@@ -260,9 +261,8 @@ def find_resume_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | Non
     folder = step_dir.checkpoints
     if not folder.is_dir():
         return None
-    for partial in folder.glob(".*.tmp"):
-        log.warning("removing %s: a checkpoint write that did not finish", partial)
-        partial.unlink(missing_ok=True)
+    for partial in remove_partial_files(folder):
+        log.warning("removed %s: a checkpoint write that did not finish", partial)
     candidates = sorted(folder.glob("epoch*.ckpt"), reverse=True)  # zero-padded: newest first
     if step_dir.last_checkpoint.is_file():
         candidates.append(step_dir.last_checkpoint)
@@ -312,8 +312,10 @@ def train_step(
     init_from: Path | None = None,
     progress: bool = True,
 ) -> None:
-    """Train one step (resuming from ``checkpoints/last.ckpt`` if present) and export it."""
+    """Train one step (resuming from its newest loadable epoch checkpoint) and export it."""
     directory.mkdir(parents=True, exist_ok=True)
+    for partial in remove_partial_files(directory):  # an export killed before its rename
+        log.warning("removed %s: a write that did not finish", partial)
     L.seed_everything(step.seed, workers=True, verbose=False)
     method = build_method(step, registry)
     if init_from is not None:

@@ -72,6 +72,16 @@ def atomic_write_json(path: Path, value: Any) -> None:
 # ---------------------------------------------------------------------- layout
 
 
+def remove_partial_files(folder: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that a write killed half-way
+    left in ``folder``; returns them. A resumed run calls this before writing again."""
+    removed = []
+    for partial in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+        partial.unlink(missing_ok=True)
+        removed.append(partial)
+    return removed
+
+
 def weights_file(directory: Path, prefix: str) -> Path:
     """``<directory>/<prefix>.safetensors``: the tensors of an export."""
     return Path(directory) / f"{prefix}{WEIGHTS_SUFFIX}"

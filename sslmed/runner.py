@@ -27,7 +27,7 @@ from sslmed.prepare import build_sources, load_recipe_file
 from sslmed.pretrained import ExternalBackbone, check_external, looks_like_path
 from sslmed.recipe import Recipe
 from sslmed.results import RunResult, evaluate_run
-from sslmed.rundir import RunDir
+from sslmed.rundir import RunDir, remove_partial_files
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ def resolve_resume(recipe: Recipe, runs_dir: Path, resume: str) -> Path:
         run = RunDir(resume)
         if not run.is_run():
             raise UsageError(f"--resume {resume}: not a run folder (no recipe.yaml)")
+    for folder in (run.path, run.model_dir):  # results or a model export killed before its rename
+        remove_partial_files(folder)
     saved = run.read_recipe_document()
     current = recipe_document(recipe)
     if saved != current:

@@ -94,3 +94,14 @@ def test_a_crafted_checkpoint_runs_no_code_even_when_torch_is_told_to(tmp_path: 
 def test_epoch_seeds_differ_by_epoch_and_seed_only() -> None:
     assert epoch_seed(0, 1) == epoch_seed(0, 1)
     assert len({epoch_seed(seed, epoch) for seed in range(5) for epoch in range(20)}) == 100
+
+
+def test_partial_files_of_killed_writes_are_removed(tmp_path: Path) -> None:
+    from sslmed.rundir import remove_partial_files
+
+    (tmp_path / ".backbone.safetensors.k2j3.tmp").write_bytes(b"half")
+    (tmp_path / "backbone.json").write_text("{}")
+    removed = remove_partial_files(tmp_path)
+    assert [p.name for p in removed] == [".backbone.safetensors.k2j3.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["backbone.json"]
+    assert remove_partial_files(tmp_path / "absent") == []
