@@ -222,3 +222,16 @@ def test_augment_on_device_names_what_cannot_run_batched(tiny_recipe):
     result = CliRunner().invoke(cli, ["run", str(recipe), "--runs-dir", str(recipe.parent / "runs"), *sets])
     assert result.exit_code != 0
     assert "augment_on: device is not possible" in result.output and "gaussian_blur" in result.output
+
+
+def test_recipe_cache_setting_reads_yaml_on_and_off():
+    import yaml
+
+    from sslmed.recipe import StepSettings
+
+    base = {"name": "s", "data": "d", "backbone": {"name": "b"}, "objective": {"name": "o"}}
+    base["augmentations"] = [{"name": "a"}]
+    for text, expected in (("on", "on"), ("off", "off"), ("auto", "auto"), ("/scratch/cache", "/scratch/cache")):
+        value = yaml.safe_load(f"cache: {text}")["cache"]  # a bare on/off is a YAML boolean
+        assert StepSettings.model_validate({**base, "cache": value}).cache == expected
+    assert StepSettings.model_validate(base).cache == "auto" and StepSettings.model_validate(base).augment_on == "auto"
