@@ -19,7 +19,10 @@ $(BIN)/sslmed: pyproject.toml
 
 setup: $(BIN)/sslmed
 
+# fetch the recipe's datasets first (left alone when present; offline: a warning, and
+# `sslmed run` names what is missing)
 run: setup
+	$(BIN)/sslmed data fetch --recipe $(RECIPE) --skip-unreachable
 	$(BIN)/sslmed run $(RECIPE)
 
 test: setup

@@ -203,22 +203,27 @@ def main() -> None:
     }
     verdict = lambda ok: "OK" if ok else "MISSED"  # noqa: E731
     print(
-        f"machine: {result['machine']['device']}, torch {torch.__version__}; {args.arch}, {args.image_size}px, batch {args.batch_size}, precision {args.precision}"
+        f"machine: {result['machine']['device']}, torch {torch.__version__}; {args.arch}, "
+        f"{args.image_size}px, batch {args.batch_size}, precision {args.precision}"
     )
     print(
         f"CRSM step {step_time['crsm'] * 1e3:.1f} ms vs SimCLR step {step_time['simclr'] * 1e3:.1f} ms: "
         f"ratio {result['crsm_over_simclr']:.2f}x (target <= 1.30x) {verdict(result['crsm_over_simclr'] <= 1.3)}"
     )
     print(
-        f"MDRE {erase_time['mdre'] * 1e6:.0f} us/image vs RandomErasing {erase_time['random_erasing'] * 1e6:.0f} us/image: "
-        f"ratio {result['mdre_over_random_erasing']:.2f}x (target <= 1.20x) {verdict(result['mdre_over_random_erasing'] <= 1.2)}; "
+        f"MDRE {erase_time['mdre'] * 1e6:.0f} us/image vs RandomErasing "
+        f"{erase_time['random_erasing'] * 1e6:.0f} us/image: "
+        f"ratio {result['mdre_over_random_erasing']:.2f}x (target <= 1.20x) "
+        f"{verdict(result['mdre_over_random_erasing'] <= 1.2)}; "
         f"MDRE is {erase_time['mdre'] / pipeline_time:.1%} of the {pipeline_time * 1e6:.0f} us SimCLR views of an image"
     )
     print(
         f"loading {loading:.0f} images/s ({args.num_workers} workers) vs training {training:.0f} images/s: "
         f"ratio {result['loading_over_training']:.2f} (target >= 1) {verdict(result['loading_over_training'] >= 1)}; "
-        f"one image costs {item_time * 1e3:.2f} ms in-process (decode + views + MDRE), so {max(1, args.num_workers)} workers "
-        f"could give {result['loading_expected_images_per_s']:.0f} images/s (a big gap points at inter-process transfer or pinned memory; try --pin-memory off)"
+        f"one image costs {item_time * 1e3:.2f} ms in-process (decode + views + MDRE), so "
+        f"{max(1, args.num_workers)} workers "
+        f"could give {result['loading_expected_images_per_s']:.0f} images/s (a big gap points at "
+        "inter-process transfer or pinned memory; try --pin-memory off)"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

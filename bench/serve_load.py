@@ -17,6 +17,12 @@ depend on them.
     .venv/bin/python bench/serve_load.py                          # rounds: 1 client, 50 clients
     .venv/bin/python bench/serve_load.py --clients 1 4 50 --requests 100 --concurrency 2
 
+``--load-test N`` is a separate mode (the hardening load test): N requests sent at
+once to ``/predict`` and then to ``/explain`` (whose output images are downloaded and
+checked whole), zero errors expected, p50/p95 and the server's RSS before and after:
+
+    .venv/bin/python bench/serve_load.py --load-test 200 --size 512
+
 Bounded: at most 64 clients and 2,000 requests per round, and every round stops at
 ``--time-limit`` seconds (unfinished requests count as errors). Results go to stdout
 as a Markdown table (for docs/benchmarks.md); note the machine and its load.
@@ -99,7 +105,12 @@ def free_port() -> int:
 
 
 def start_server(
-    model: Path, concurrency: int, threads: int | None, log: Path, source: Path | None = None
+    model: Path,
+    concurrency: int,
+    threads: int | None,
+    log: Path,
+    source: Path | None = None,
+    start_timeout: float = 120,
 ) -> tuple[subprocess.Popen, str]:
     """``sslmed serve`` on a free loopback port (``source``: run that copy of the package instead)."""
     env = dict(os.environ, PYTHONPATH=str(source)) if source else None
@@ -122,7 +133,7 @@ def start_server(
             command + (["--threads", str(threads)] if threads else []), stdout=subprocess.DEVNULL, stderr=out, env=env
         )
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + start_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the server exited: {log.read_text(errors='replace')[-2000:]}")
@@ -132,7 +143,7 @@ def start_server(
         except OSError:
             time.sleep(0.5)
     process.terminate()
-    raise SystemExit("the server did not start within 120 s")
+    raise SystemExit(f"the server did not start within {start_timeout:.0f} s")
 
 
 class HttpClient:
@@ -248,6 +259,128 @@ def run_round(url: str, image: str, clients: int, requests: int, time_limit: flo
         "max": ordered[-1],
         "per_s": len(latencies) / wall,
     }
+
+
+# ----------------------------------------------------------------- load test mode
+# Separate from the latency rounds above: N requests all at once (one client each),
+# on each endpoint, every answer checked (and /explain's images downloaded whole),
+# with the server's resident memory before and after.
+
+MAX_LOAD_REQUESTS = 500
+
+
+def server_rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux ``/proc``), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def call_endpoint(http: object, endpoint: str, image: str, timeout: float) -> list:
+    """Upload ``image``, call ``endpoint``, return the result data; for /explain, download
+    every output image and check it is complete (the length the server declared, PNG)."""
+    with open(image, "rb") as handle:
+        uploaded = http.post("gradio_api/upload", files={"files": (Path(image).name, handle, "image/png")})
+    uploaded.raise_for_status()
+    data = {"data": [{"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}]}
+    event = http.post(f"gradio_api/call/{endpoint}", json=data)
+    event.raise_for_status()
+    answer = http.get(f"gradio_api/call/{endpoint}/{event.json()['event_id']}", timeout=timeout).text
+    if "event: complete" not in answer:
+        raise RuntimeError(answer[-300:])
+    result = json.loads(answer.split("event: complete", 1)[1].split("data:", 1)[1])
+    if endpoint == "explain":
+        for output in result:
+            if output is None:
+                continue
+            body = http.get(output["url"])  # httpx raises on a body shorter than Content-Length
+            body.raise_for_status()
+            if not body.content.startswith(b"\x89PNG") or len(body.content) != int(body.headers["content-length"]):
+                raise RuntimeError(f"incomplete image: {len(body.content)} bytes")
+    elif "label" not in result[0]:
+        raise RuntimeError(f"no label in {result!r:.200}")
+    return result
+
+
+def load_round(url: str, image: str, endpoint: str, requests: int, time_limit: float) -> dict:
+    """``requests`` requests of ``endpoint`` sent at once, one connection each."""
+    import httpx
+
+    barrier = threading.Barrier(requests)
+    errors: list[str] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(_: int) -> None:
+        with httpx.Client(base_url=url, timeout=time_limit) as http:
+            barrier.wait()
+            began = time.perf_counter()
+            try:
+                call_endpoint(http, endpoint, image, time_limit)
+                with lock:
+                    latencies.append((time.perf_counter() - began) * 1000)
+            except Exception as exc:  # counted and reported: the test is that there are none
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(requests) as pool:
+        list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - began
+    ordered = sorted(latencies) or [float("nan")]
+    return {
+        "endpoint": endpoint,
+        "requests": requests,
+        "ok": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
+        "p50": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))],
+        "wall_s": wall,
+    }
+
+
+def load_test(args: argparse.Namespace) -> None:
+    """``--load-test N``: N concurrent requests on /predict, then on /explain; RSS around."""
+    if not 1 <= args.load_test <= MAX_LOAD_REQUESTS:
+        raise SystemExit(f"--load-test must be 1..{MAX_LOAD_REQUESTS}")
+    load_at_start = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="sslmed-serve-load-") as temp:
+        image = str(Path(temp) / f"xray_{args.size}.png")
+        Image.open(IMAGE).convert("L").resize((args.size, args.size), Image.Resampling.BILINEAR).save(image)
+        model = args.model or export_resnet18(Path(temp) / "model")
+        process, url = start_server(model, args.concurrency, args.threads, Path(temp) / "server.log", start_timeout=900)
+        try:
+            rss = {"start": server_rss_mb(process.pid)}
+            for endpoint in ("predict", "explain"):  # warm-up: both endpoints, a few times
+                load_round(url, image, endpoint, 4, args.time_limit)
+            rss["warm"] = server_rss_mb(process.pid)
+            rows = []
+            for endpoint in ("predict", "explain"):
+                rows.append(load_round(url, image, endpoint, args.load_test, args.time_limit))
+                rss[f"after {endpoint}"] = server_rss_mb(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), "
+        f"load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
+        f"model {model if args.model else 'ResNet-18, 224 px, random weights'}; server concurrency {args.concurrency}"
+    )
+    print("server RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()) + "\n")
+    print("| endpoint | concurrent requests | ok | errors | p50 ms | p95 ms | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| /{r['endpoint']} | {r['requests']} | {r['ok']} | {r['errors']} | {r['p50']:.0f} | {r['p95']:.0f} "
+            f"| {r['wall_s']:.0f} |"
+        )
+    for r in rows:
+        if r["errors"]:
+            print(f"first error on /{r['endpoint']}: {r['first_error']}")
+    if any(r["errors"] for r in rows):
+        raise SystemExit(1)
 
 
 def model_only_ms(model: Path, image: str, repeats: int = 30) -> tuple[float, float]:
@@ -411,11 +544,21 @@ def main() -> None:
         "one client, alternating rounds",
     )
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of --compare")
+    parser.add_argument(
+        "--load-test",
+        type=int,
+        metavar="N",
+        help="instead of latency rounds: N requests at once on /predict, then on /explain; "
+        "every answer checked, server RSS before and after (exit 1 on any error)",
+    )
     args = parser.parse_args()
     if args.compare:
         if not IMAGE.is_file():
             raise SystemExit(f"{IMAGE} not found: the benchmark needs ../shared/data/samples")
         compare_main(args)
+        return
+    if args.load_test:
+        load_test(args)
         return
     if any(not 1 <= c <= MAX_CLIENTS for c in args.clients) or not 1 <= args.requests <= MAX_REQUESTS:
         raise SystemExit(f"clients must be 1..{MAX_CLIENTS} and requests 1..{MAX_REQUESTS}")
@@ -452,7 +595,8 @@ def main() -> None:
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
-        f"load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end; model {model if args.model else 'ResNet-18, 224 px, random weights'}; "
+        f"load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end; model "
+        f"{model if args.model else 'ResNet-18, 224 px, random weights'}; "
         f"server concurrency {args.concurrency}, torch threads per request {threads}"
     )
     print(
@@ -463,7 +607,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['client']} | {r['clients']} | {r['requests']} | {r['ok']} | {r['errors']} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} | {r['per_s']:.1f} |"
+            f"| {r['client']} | {r['clients']} | {r['requests']} | {r['ok']} | {r['errors']} | "
+            f"{r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} | {r['per_s']:.1f} |"
         )
 
 

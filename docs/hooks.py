@@ -14,6 +14,9 @@ A page asks for generated content with an HTML comment on a line of its own:
     the specification of hook NAME, as written in ``sslmed/hookspecs.py``.
 ``<!-- sslmed:include PATH -->``
     a file of the repository (e.g. a shipped recipe) as a code block titled PATH.
+``<!-- sslmed:datasets -->``
+    the dataset catalogue (``sslmed/catalog.py``) as a table: name, images, licence,
+    source, size, and how the files are obtained.
 
 The build fails (``mkdocs build --strict`` or not) when a marker names something
 that does not exist, or when a hook of ``sslmed/hookspecs.py`` has no
@@ -160,7 +163,8 @@ def _fields_table(schema: dict[str, Any], anchors: dict[str, str]) -> str:
         default = "*required*" if key in required else f"`{json.dumps(prop.get('default'))}`"
         notes = [prop.get("description", "")] + _constraints(prop)
         rows.append(
-            f"| `{key}` | {_cell(_type(prop, anchors))} | {_cell(default)} | {_cell('; '.join(n for n in notes if n))} |"
+            f"| `{key}` | {_cell(_type(prop, anchors))} | {_cell(default)} | "
+            f"{_cell('; '.join(n for n in notes if n))} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -247,6 +251,23 @@ def render_hookspec(name: str) -> str:
     return f'```python title="sslmed/hookspecs.py"\n{source}\n```\n'
 
 
+def render_datasets() -> str:
+    from sslmed.catalog import CATALOG
+
+    rows = ["| name | images | licence | source | size | files |", "|---|---|---|---|---|---|"]
+    for e in CATALOG.values():
+        files = []
+        for d in e.downloads:
+            how = "by hand (account)" if d.manual else ("md5 pinned" if d.pinned else "checksum unpinned")
+            files.append(f"[{_cell(d.filename)}]({d.url}) ({how})")
+        rows.append(
+            f"| `{e.name}` | {e.images:,} | {_cell(e.licence)} | [{_cell(e.title)}]({e.source}); "
+            f"{_cell(e.citation)} | {e.size_mb:g} MB | {'<br>'.join(files)} |"
+        )
+    notes = [f"- `{e.name}`: {_cell(e.note)}" for e in CATALOG.values() if e.note]
+    return "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n"
+
+
 def render_include(path: str) -> str:
     file = (ROOT / path).resolve()
     if ROOT not in file.parents or not file.is_file():
@@ -278,6 +299,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             "recipe-schema": render_recipe_schema,
             "components": render_components,
             "hook-list": render_hook_list,
+            "datasets": render_datasets,
         }
         if what in simple and arg is None:
             return simple[what]()

@@ -87,6 +87,13 @@ class SplitArgs(LoadingArgs):
     test_size: float = Field(0.2, ge=0, lt=1, description="fraction held out for testing")
     val_size: float = Field(0.1, ge=0, lt=1, description="fraction held out for validation")
     split_seed: int = Field(0, description="seed of the split (fixed, so runs compare)")
+    val_from_train: float = Field(
+        0,
+        ge=0,
+        lt=1,
+        description="with given splits (e.g. split_column) that have no val split: hold out this fraction of "
+        "train as val, patient-wise and class-stratified (seed split_seed); the given test split is untouched",
+    )
     split_file: str | None = Field(
         None,
         description="a split file (CSV path,split,...) that pins each image's split, as written by "
@@ -106,7 +113,8 @@ def resolve_split_file(value: str, data_root: Path) -> Path:
         if candidate.is_file():
             return candidate
     raise DataError(
-        f"split file not found: {value} (looked in {', '.join(str(c) for c in candidates)}; write one with `sslmed data split`)"
+        f"split file not found: {value} (looked in {', '.join(str(c) for c in candidates)}; write one with "
+        "`sslmed data split`)"
     )
 
 
@@ -147,6 +155,8 @@ def finish_source(
             if source.path_of(r) is not None and not source.path_of(r).is_file()
         ]  # type: ignore[union-attr]
         source = apply_failures(source, missing, args.on_error)  # type: ignore[arg-type]
+        if args.on_error == "skip":  # files that exist but do not decode are left out while training
+            source.details["skip_unreadable"] = True
     kept = [r for rs in source.splits.values() for r in rs]
     if not kept:
         raise DataError(f"data {name!r}: no readable images left ({len(source.skipped)} skipped)")
@@ -155,6 +165,14 @@ def finish_source(
         path = resolve_split_file(split_file, data_root)
         splits = apply_split_file(kept, path, ignore={s.ref for s in source.skipped})
         source.splits, source.split_origin = splits, f"file {path}"
+    elif given is not None and getattr(args, "val_from_train", 0) and "val" not in source.splits:
+        if "train" not in source.splits:
+            raise DataError(f"data {name!r}: val_from_train needs a 'train' split (splits: {', '.join(source.splits)})")
+        carved = split_records(source.splits["train"], 0, args.val_from_train, args.split_seed)
+        source.splits = {**source.splits, "train": carved["train"], "val": carved.get("val", [])}
+        source.split_origin = (
+            f"given; val carved from train patient-wise, seed {args.split_seed} ({args.val_from_train} of train)"
+        )
     elif given is None:
         assert isinstance(args, SplitArgs)
         if args.test_size == 0 and args.val_size == 0:

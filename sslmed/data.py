@@ -158,6 +158,9 @@ class ImageSource:
             else:
                 labels = [r.label for r in records]
                 entry["per_class"] = {c: labels.count(i) for i, c in enumerate(self.classes)}
+            unlabelled = sum(not r.is_labelled for r in records)
+            if unlabelled and self.classes:  # a partly labelled source: these are for pre-training only
+                entry["unlabelled"] = unlabelled
             patients = {r.patient_id for r in records if r.patient_id}
             if patients:
                 entry["patients"] = len(patients)
@@ -214,18 +217,42 @@ class ImageDataset(torch.utils.data.Dataset):
         records: Sequence[ImageRecord],
         transform: Callable[[Image.Image], Any],
         mode: str = "L",
+        substitute_unreadable: bool | None = None,
     ) -> None:
         self.source = source
         self.records = list(records)
         self.transform = transform
         self.mode = mode
+        # a source with on_error: skip but verify: false finds bad files only while training:
+        # use the next readable image instead of stopping (never where labels are read
+        # from the records, as evaluation does)
+        self.substitute_unreadable = (
+            bool(source.details.get("skip_unreadable")) if substitute_unreadable is None else substitute_unreadable
+        )
+        self._unreadable: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _read(self, index: int) -> tuple[int, Image.Image]:
+        """The image of ``index``, or of the next readable record when substituting."""
+        for offset in range(len(self.records)):
+            position = (index + offset) % len(self.records)
+            if position in self._unreadable:
+                continue
+            try:
+                return position, self.source.read(self.records[position].ref, self.mode)
+            except ImageLoadError as exc:
+                if not self.substitute_unreadable:
+                    raise
+                self._unreadable.add(position)
+                log.warning("data %r: %s; left out (on_error: skip), the next image is used", self.source.name, exc)
+        raise DataError(f"data {self.source.name!r}: none of its {len(self.records)} images can be read")
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
+        index, raw = self._read(index)
         record = self.records[index]
-        image = self.transform(self.source.read(record.ref, self.mode))
+        image = self.transform(raw)
         if record.targets is not None:
             return image, torch.tensor(record.targets, dtype=torch.float32)
         return image, record.label
@@ -261,7 +288,8 @@ def resolve_path(path: str, data_root: Path, what: str) -> Path:
         hint = (
             ""
             if data_root.exists()
-            else f" (data root {data_root} does not exist: set data_root in the recipe or ${DATA_ENV})"
+            else f" (data root {data_root} does not exist: set data_root in the recipe or ${DATA_ENV},"
+            " or get the data with `sslmed data fetch`)"
         )
         raise DataError(f"{what} not found: {resolved}{hint}")
     return resolved
@@ -372,7 +400,8 @@ def read_split_file(path: Path) -> dict[str, str]:
         missing = [c for c in ("path", "split") if c not in columns]
         if missing:
             raise DataError(
-                f"{path}: not a split file: missing column(s) {', '.join(missing)} (columns: {', '.join(columns) or 'none'})"
+                f"{path}: not a split file: missing column(s) {', '.join(missing)} (columns: "
+                f"{', '.join(columns) or 'none'})"
             )
         assigned: dict[str, str] = {}
         for line, row in enumerate(reader, start=2):
@@ -448,9 +477,8 @@ def verify_source(source: ImageSource, on_error: OnError = "error", workers: int
             reasons = list(pool.map(check, [p for _, _, p in checks], chunksize=32))
     else:
         reasons = [check(p) for _, _, p in checks]
-    bad = [
-        (split, record, path, reason) for (split, record, path), reason in zip(checks, reasons, strict=False) if reason
-    ]
+    pairs = zip(checks, reasons, strict=False)
+    bad = [(split, record, path, reason) for (split, record, path), reason in pairs if reason]
     return apply_failures(source, bad, on_error)
 
 

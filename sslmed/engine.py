@@ -1,32 +1,47 @@
 """One pre-training step on Lightning: data, method, trainer, checkpoints, export.
 
-The Trainer owns devices, DDP, precision, checkpointing (``checkpoints/last.ckpt``,
-from which an interrupted step resumes) and the progress bar. When the step
-finishes, global rank 0 exports the backbone as safetensors for ``init_from``,
-evaluation and predict.
+The Trainer owns devices, DDP, precision, checkpointing and the progress bar. When
+the step finishes, global rank 0 exports the backbone as safetensors for
+``init_from``, evaluation and predict.
+
+Checkpoints and resume: a checkpoint is written at the end of every epoch
+(``checkpoints/epoch<E>-step<S>.ckpt``, the newest two kept, and ``last.ckpt``),
+each through a temporary file in the same folder and a rename, so a kill never leaves
+a truncated one. Every epoch starts from a seed derived from the step's seed and the
+epoch number, so an interrupted step resumed from the newest epoch checkpoint that
+loads repeats exactly what an uninterrupted run would have done (same data order,
+same augmentations, same weights on the same CPU). Work since the last completed
+epoch is redone. Checkpoints are loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+import pickle
 import sys
+import tempfile
+import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from sslmed.cache import CachedImageDataset, DecodedImageDataset, ImageCache, cache_root, ensure_cache, wants_cache
 from sslmed.checkpoints import load_backbone_weights, save_backbone, save_tensors
 from sslmed.data import ImageDataset, ImageSource
-from sslmed.errors import SslmedError, UsageError
+from sslmed.errors import CheckpointError, SslmedError, UsageError
 from sslmed.methods import SSLMethod
 from sslmed.recipe import StepSettings
 from sslmed.registry import Registry
 from sslmed.rundir import LOGS, StepDir
-from sslmed.transforms import build_view_pipeline, image_mode
+from sslmed.transforms import BatchedViewPipeline, build_batched_pipeline, build_view_pipeline, image_mode
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +73,68 @@ def build_method(step: StepSettings, registry: Registry) -> SSLMethod:
     return method
 
 
-def make_loader(step: StepSettings, source: ImageSource, registry: Registry) -> torch.utils.data.DataLoader:
-    """Shuffled, view-making loader over the step's split (the last partial batch dropped)."""
+def uses_gpu(step: StepSettings) -> bool:
+    """Whether the step trains on a GPU (``accelerator: auto`` picks one when present)."""
+    if step.accelerator in ("gpu", "cuda"):
+        return True
+    return step.accelerator == "auto" and torch.cuda.is_available()
+
+
+def device_pipeline(step: StepSettings, registry: Registry) -> BatchedViewPipeline | None:
+    """The batched augmentation pipeline when the step augments on the device, else None.
+
+    ``augment_on: device`` needs a batched version of every augmentation (an error
+    naming the one that lacks it); ``auto`` uses it on a GPU when it exists."""
+    if step.augment_on == "cpu" or (step.augment_on == "auto" and not uses_gpu(step)):
+        return None
+    specs = [a.spec() for a in step.augmentations]
+    pipeline = build_batched_pipeline(specs, registry, step.image_size, step.in_channels)
+    if isinstance(pipeline, str):
+        if step.augment_on == "device":
+            raise UsageError(f"step {step.name!r}: augment_on: device is not possible: {pipeline} (use cpu or auto)")
+        log.info("step %s: augmenting on the CPU: %s", step.name, pipeline)
+        return None
+    return pipeline
+
+
+def step_cache(step: StepSettings, source: ImageSource, progress: bool = True) -> ImageCache | None:
+    """The decode-once cache of the step's data, built if needed (None when off)."""
+    if not wants_cache(step.cache, source, len(source.records(step.split))):
+        return None
+    root = cache_root(step.cache)
+    return ensure_cache(source, step.image_size, step.in_channels, root, progress=progress and sys.stderr.isatty())
+
+
+def make_loader(
+    step: StepSettings,
+    source: ImageSource,
+    registry: Registry,
+    cache: ImageCache | None = None,
+    on_device: bool = False,
+) -> torch.utils.data.DataLoader:
+    """Shuffled loader over the step's split (the last partial batch dropped).
+
+    Images come from ``cache`` when given, else from the files. ``on_device``: the
+    loader yields uint8 batches at the training size and the method augments them on
+    the device; otherwise the workers make the views image by image.
+    """
     records = source.records(step.split)
     if len(records) < step.batch_size:
         raise UsageError(
             f"step {step.name!r}: batch_size {step.batch_size} is larger than its data "
             f"({len(records)} images in {source.name!r} split {step.split!r})"
         )
-    pipeline = build_view_pipeline([a.spec() for a in step.augmentations], registry, step.image_size, step.in_channels)
-    dataset = ImageDataset(source, records, pipeline, mode=image_mode(step.in_channels))
+    pipeline = None
+    if not on_device:
+        pipeline = build_view_pipeline(
+            [a.spec() for a in step.augmentations], registry, step.image_size, step.in_channels
+        )
+    if cache is not None:
+        dataset: torch.utils.data.Dataset = CachedImageDataset(cache, records, pipeline, as_tensor=on_device)
+    elif on_device:
+        dataset = DecodedImageDataset(source, records, step.image_size, step.in_channels)
+    else:
+        dataset = ImageDataset(source, records, pipeline, mode=image_mode(step.in_channels))
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=step.batch_size,
@@ -79,14 +146,88 @@ def make_loader(step: StepSettings, source: ImageSource, registry: Registry) -> 
     )
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that never leaves a half-written file under the final name.
+
+    Lightning's own IO writes through fsspec, whose "move" from the system temporary
+    folder is a copy straight into the target when that folder is on another file
+    system. Here the checkpoint goes to a temporary file beside the target, is flushed
+    to disk, and renamed over it. Loading never unpickles code (``weights_only=True``).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                torch.save(checkpoint, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(Path(path))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint, loaded without running any code from it; a file that is not
+    a complete checkpoint is a :class:`CheckpointError` naming it."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: not a loadable checkpoint (refused by the safe loader, weights_only=True: it is corrupt "
+            "or holds objects other than tensors and plain values)"
+        ) from None
+    except Exception as exc:  # a truncated zip archive, ...
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(f"{path}: not a Lightning training checkpoint (no state_dict or loops)")
+    return checkpoint
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed an epoch starts from: a function of the step's seed and the epoch only."""
+    return zlib.crc32(f"{seed}:{epoch}".encode()) & 0x7FFFFFFF
+
+
+class EpochSeed(Callback):
+    """Seed every epoch from ``(seed, epoch)``, so that resuming at an epoch boundary
+    draws the same data order and augmentations as an uninterrupted run."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.seeded_epoch: int | None = None
+
+    def seed_epoch(self, epoch: int) -> None:
+        """Seed ``epoch`` now: before ``fit`` (the first epoch's batches are fetched early)."""
+        L.seed_everything(epoch_seed(self.seed, epoch), workers=True, verbose=False)
+        self.seeded_epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch != self.seeded_epoch:
+            self.seed_epoch(trainer.current_epoch)
+
+
 def make_trainer(step: StepSettings, directory: Path, progress: bool = True) -> L.Trainer:
     """A Lightning Trainer configured from the step's settings."""
     checkpoints = ModelCheckpoint(
         dirpath=StepDir(directory).checkpoints,
-        filename="epoch{epoch}-step{step}",
+        filename="epoch{epoch:03d}-step{step:06d}",
+        auto_insert_metric_name=False,  # not "epochepoch=0-stepstep=3"
+        monitor="step",
+        mode="max",
+        save_top_k=2,  # the newest two: one to fall back on
         save_last=True,
-        save_top_k=1,
-        every_n_train_steps=step.checkpoint_every_n_steps,
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
     )
     return L.Trainer(
         max_epochs=step.epochs,
@@ -99,12 +240,68 @@ def make_trainer(step: StepSettings, directory: Path, progress: bool = True) -> 
         sync_batchnorm=step.sync_batchnorm,
         default_root_dir=directory,
         logger=CSVLogger(directory, name=LOGS, version=""),  # -> StepDir.metrics_csv
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, EpochSeed(step.seed)],
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=step.log_every_n_steps,
         enable_model_summary=False,
         enable_progress_bar=progress and sys.stderr.isatty(),
         deterministic=False,
     )
+
+
+def find_resume_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest epoch checkpoint of a step folder that loads, with its content.
+
+    Leftover temporary files of a write that was killed are removed; checkpoints that do
+    not load are skipped with a warning. None when there is none; a
+    :class:`CheckpointError` when there are checkpoints but none loads.
+    """
+    step_dir = StepDir(directory)
+    folder = step_dir.checkpoints
+    if not folder.is_dir():
+        return None
+    for partial in folder.glob(".*.tmp"):
+        log.warning("removing %s: a checkpoint write that did not finish", partial)
+        partial.unlink(missing_ok=True)
+    candidates = sorted(folder.glob("epoch*.ckpt"), reverse=True)  # zero-padded: newest first
+    if step_dir.last_checkpoint.is_file():
+        candidates.append(step_dir.last_checkpoint)
+    problems = []
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("%s; trying an older checkpoint", exc)
+            problems.append(str(exc))
+    if problems:
+        raise CheckpointError(
+            f"no checkpoint in {folder} can be loaded ({problems[0]}); "
+            f"delete {directory} to train step {directory.name!r} again from its start"
+        )
+    return None
+
+
+def _keep_metrics_log(trainer: L.Trainer, directory: Path, epoch: int) -> None:
+    """Keep the rows of ``logs/metrics.csv`` from the epochs before ``epoch`` when resuming.
+
+    Lightning's CSV logger deletes the file when it starts; the rows of the completed
+    epochs are written back at once (the epochs redone log theirs again), so the log of
+    a resumed step reads like the log of an uninterrupted one.
+    """
+    path = StepDir(directory).metrics_csv
+    if not trainer.is_global_zero or not path.is_file():
+        return
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        keys = list(reader.fieldnames or [])
+        rows = [row for row in reader if row.get("epoch") and int(float(row["epoch"])) < epoch]
+    with warnings.catch_warnings():  # "previous log files ... will be deleted": kept here
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        writer = trainer.logger.experiment  # starting the writer removes the old file
+    if rows:
+        writer.metrics_keys = keys
+        writer.metrics = rows
+        writer.save()
 
 
 def train_step(
@@ -122,13 +319,27 @@ def train_step(
     if init_from is not None:
         load_backbone_weights(init_from, method.backbone, expect=backbone_identity(step))
         log.info("step %s: backbone initialised from %s", step.name, init_from)
-    loader = make_loader(step, source, registry)
+    views = device_pipeline(step, registry)
+    method.set_device_views(views, seed=step.seed)
+    loader = make_loader(step, source, registry, cache=step_cache(step, source, progress), on_device=views is not None)
     trainer = make_trainer(step, directory, progress)
-    last = StepDir(directory).last_checkpoint
-    resume_from = str(last) if last.is_file() else None
-    if resume_from:
-        log.info("step %s: resuming from %s", step.name, last)
-    trainer.fit(method, loader, ckpt_path=resume_from)
+    found = find_resume_checkpoint(directory)
+    epoch = 0
+    if found:
+        path, checkpoint = found
+        epoch = int(checkpoint.get("epoch", 0)) + 1  # saved at the end of that epoch
+        log.info(
+            "step %s: resuming at the start of epoch %d from %s (step %s)",
+            step.name,
+            epoch,
+            path.name,
+            checkpoint.get("global_step"),
+        )
+        del checkpoint
+    _keep_metrics_log(trainer, directory, epoch)
+    seeder = next(c for c in trainer.callbacks if isinstance(c, EpochSeed))
+    seeder.seed_epoch(epoch)
+    trainer.fit(method, loader, ckpt_path=str(found[0]) if found else None)
     if trainer.interrupted:  # never mark a step done that did not finish
         raise SslmedError(f"step {step.name!r} was interrupted; continue it with `sslmed run ... --resume`")
     if trainer.is_global_zero:
@@ -153,6 +364,11 @@ def train_step(
         trainer.strategy.barrier("sslmed-step-export")  # others wait for the export
 
 
+#: rank variables of Lightning's launcher, torchrun (RANK, GROUP_RANK: the node) and SLURM
+RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
 def is_worker_process() -> bool:
-    """True in the extra processes that Lightning's DDP launcher starts (rank > 0)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+    """True in every process but global rank 0: those Lightning's DDP launcher starts,
+    and those a cluster launcher (torchrun on other nodes, srun) starts."""
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in RANK_VARIABLES)

@@ -8,6 +8,9 @@ its message as one line (no traceback unless ``--verbose``) and exits with
 
 from __future__ import annotations
 
+#: a RecipeError's message lists at most this many problems (all are in ``problems``)
+MAX_SHOWN_PROBLEMS = 20
+
 
 class SslmedError(Exception):
     """Base class of every error sslmed reports to a user."""
@@ -30,7 +33,10 @@ class RecipeError(UsageError):
         head = f"{source}: " if source else ""
         count = len(self.problems)
         summary = f"{head}{count} problem{'s' if count != 1 else ''} in recipe"
-        super().__init__(summary + ":\n" + "\n".join(f"  {p}" for p in self.problems))
+        shown = self.problems[:MAX_SHOWN_PROBLEMS]  # a file that is not a recipe is not echoed whole
+        more = len(self.problems) - len(shown)
+        lines = [f"  {p}" for p in shown] + ([f"  ... and {more} more"] if more else [])
+        super().__init__(summary + ":\n" + "\n".join(lines))
 
 
 class UnknownComponentError(UsageError):

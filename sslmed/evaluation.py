@@ -67,7 +67,10 @@ class LabelledSplit:
     def loader(
         self, transform: Callable, in_channels: int, batch_size: int, shuffle: bool = False
     ) -> torch.utils.data.DataLoader:
-        dataset = ImageDataset(self.source, self.records, transform, mode=image_mode(in_channels))
+        # labels come from the records: an unreadable file may not be replaced by another
+        dataset = ImageDataset(
+            self.source, self.records, transform, mode=image_mode(in_channels), substitute_unreadable=False
+        )
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
 
 
@@ -280,12 +283,13 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
     assert settings is not None  # callers check; the message is theirs
     step = recipe.probed_step()
     task = task_for(source.task)
-    splits = {
-        "train": LabelledSplit(source, source.records(settings.train_split)),
-        "test": LabelledSplit(source, source.records(settings.test_split)),
-    }
+
+    def labelled(split: str) -> LabelledSplit:  # unlabelled images are for pre-training only
+        return LabelledSplit(source, [r for r in source.records(split) if r.is_labelled])
+
+    splits = {"train": labelled(settings.train_split), "test": labelled(settings.test_split)}
     if "val" in source.splits and settings.train_split != "val" and settings.test_split != "val":
-        splits["val"] = LabelledSplit(source, source.records("val"))
+        splits["val"] = labelled("val")
     labels = {name: split.labels for name, split in splits.items()}
     size, channels, batch = step.image_size, step.in_channels, settings.batch_size
 
@@ -349,4 +353,14 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
             if kept is not None:
                 row["test_predictions"] = kept
             result.rows.append(row)
+    if settings.finetune is not None and task.supervised_reference:
+        from sslmed.finetune import finetune_rows  # it builds on this module
+
+        def pretrained_copy() -> Backbone:
+            backbone = build_backbone()
+            load_backbone_weights(step_dir.path, backbone, expect=backbone_identity(step))
+            return backbone
+
+        tuned = {name: pretrained_copy, "random_init": build_backbone}  # same network, same seed, same schedule
+        result.rows += finetune_rows(tuned, splits, source.classes, size, channels, settings)
     return result

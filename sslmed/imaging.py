@@ -19,6 +19,7 @@ or pydicom exception escapes it.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import struct
 import warnings
@@ -100,8 +101,13 @@ def _looks_like_text(head: bytes) -> bool:
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale any numeric array into 0..255 using its own finite value range."""
-    array = np.asarray(array, dtype=np.float64)
+    """Scale any numeric array into 0..255 using its own finite value range.
+
+    Up to 16-bit values are exact in float32, which halves the memory of float64.
+    """
+    array = np.asarray(array)
+    wide = array.dtype.itemsize > 2 and array.dtype != np.float32
+    array = array.astype(np.float64 if wide else np.float32, copy=False)
     finite = np.isfinite(array)
     if not finite.any():
         return np.zeros(array.shape, dtype=np.uint8)
@@ -138,30 +144,76 @@ def apply_window(pixels: np.ndarray, center: float, width: float, function: str 
     return np.clip(((pixels - (center - 0.5)) / (width - 1)) + 0.5, 0.0, 1.0) * 255.0
 
 
+def _header_int(dataset: Any, keyword: str, default: int) -> int:
+    """An integer header element, ``default`` when absent; refuse nonsense values."""
+    value = getattr(dataset, keyword, None)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{keyword} is not a number ({value!r})") from None
+    if number < 0:
+        raise ValueError(f"{keyword} is negative ({number})")
+    return number
+
+
+def _check_dicom_size(dataset: Any, name: str) -> int:
+    """Refuse a DICOM whose header declares more pixels than :data:`MAX_PIXELS`, before
+    anything is decoded (a small compressed file can declare a huge image); returns the
+    number of frames."""
+    try:
+        rows = _header_int(dataset, "Rows", 0)
+        columns = _header_int(dataset, "Columns", 0)
+        frames = max(1, _header_int(dataset, "NumberOfFrames", 1))
+        samples = max(1, _header_int(dataset, "SamplesPerPixel", 1))
+        bits = _header_int(dataset, "BitsAllocated", 8)
+    except ValueError as exc:
+        raise ImageLoadError(f"{name}: DICOM header is invalid ({exc})") from None
+    if rows * columns > MAX_PIXELS:
+        raise ImageLoadError(
+            f"{name}: image is too large ({columns}x{rows} pixels; the limit is {MAX_PIXELS:,} pixels)"
+        )
+    if bits > 64 or samples > 4:
+        raise ImageLoadError(f"{name}: DICOM header is invalid (BitsAllocated {bits}, SamplesPerPixel {samples})")
+    return frames
+
+
 def _read_dicom(data: bytes, name: str) -> tuple[Image.Image, ImageInfo]:
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
     except ImportError:  # pragma: no cover - pydicom is a dependency
         raise ImageLoadError(f"{name}: DICOM support needs pydicom (pip install pydicom)") from None
+    # pydicom warns *and* logs every oddity of a file (missing meta, bad VRs): the loader
+    # either reads the file or names its problem, so neither reaches the user's stderr
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _decode_dicom(pydicom, InvalidDicomError, data, name)
+
+
+def _decode_dicom(pydicom: Any, invalid: type[Exception], data: bytes, name: str) -> tuple[Image.Image, ImageInfo]:
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=not _has_dicom_magic(data[:132]))
-    except (InvalidDicomError, Exception) as exc:  # pydicom raises many types on bad input
+    except (invalid, Exception) as exc:  # pydicom raises many types on bad input
         raise ImageLoadError(f"{name}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in dataset:
         if not _has_dicom_magic(data[:132]) and not len(dataset):
             raise ImageLoadError(f"{name}: not a DICOM file (no 'DICM' header and no DICOM elements)")
         raise ImageLoadError(f"{name}: DICOM file has no pixel data (PixelData element missing)")
+    frames = _check_dicom_size(dataset, name)
     try:
+        if frames > 1:
+            dataset.pixel_array_options(index=0)  # decode the first frame only
         pixels = np.asarray(dataset.pixel_array)
     except Exception as exc:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         what = f" (transfer syntax {syntax.name})" if syntax is not None else ""
         raise ImageLoadError(f"{name}: DICOM pixel data cannot be decoded{what}: {exc}") from None
     photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
     colour = photometric.startswith(("RGB", "YBR"))
-    if frames > 1 or (pixels.ndim == 3 and not colour) or pixels.ndim == 4:
+    if (pixels.ndim == 3 and not colour) or pixels.ndim == 4:
         pixels = pixels[0]  # multi-frame: the first frame
     bits = int(getattr(dataset, "BitsStored", 0) or getattr(dataset, "BitsAllocated", 8) or 8)
     info = ImageInfo(int(pixels.shape[1]), int(pixels.shape[0]), f"DICOM {photometric}", "DICOM", bits)
@@ -175,7 +227,8 @@ def _read_dicom(data: bytes, name: str) -> tuple[Image.Image, ImageInfo]:
                 raise ImageLoadError(f"{name}: DICOM colour space {photometric} cannot be converted ({exc})") from None
         rgb = pixels if pixels.dtype == np.uint8 else _to_uint8(pixels)
         return Image.fromarray(np.ascontiguousarray(rgb[..., :3]), "RGB"), info
-    values = pixels.astype(np.float64)
+    # float32, not float64: the largest allowed image then needs 0.7 GB, not 1.4 GB
+    values = pixels.astype(np.float32)
     slope = _first_value(getattr(dataset, "RescaleSlope", None))
     intercept = _first_value(getattr(dataset, "RescaleIntercept", None))
     values = values * (slope if slope else 1.0) + (intercept or 0.0)
@@ -207,13 +260,15 @@ def _bits_of(image: Image.Image) -> int:
 def _read_pil(data: bytes, name: str, max_side: int | None) -> tuple[Image.Image, ImageInfo]:
     try:
         with warnings.catch_warnings():
-            # we downscale big images ourselves and keep our own hard limit below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # we downscale big images ourselves and keep our own hard limit below; PIL's
+            # other warnings (broken EXIF or metadata) say nothing the loader does not
+            warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data))
             info = ImageInfo(image.width, image.height, image.mode, image.format or "unknown", _bits_of(image))
             if image.width * image.height > MAX_PIXELS:
                 raise ImageLoadError(
-                    f"{name}: image is too large ({image.width}x{image.height} pixels; the limit is {MAX_PIXELS:,} pixels)"
+                    f"{name}: image is too large ({image.width}x{image.height} pixels; "
+                    f"the limit is {MAX_PIXELS:,} pixels)"
                 )
             if max_side and image.format == "JPEG" and max(image.size) > max_side:
                 image.draft(image.mode, (max_side, max_side))  # decode JPEG at reduced scale
@@ -232,7 +287,9 @@ def _read_pil(data: bytes, name: str, max_side: int | None) -> tuple[Image.Image
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
         raise ImageLoadError(f"{name}: image is corrupt or truncated ({exc})") from None
     try:
-        image = ImageOps.exif_transpose(image) or image
+        with warnings.catch_warnings():  # PIL warns ("Truncated File Read") about broken EXIF blocks
+            warnings.simplefilter("ignore")
+            image = ImageOps.exif_transpose(image) or image
     except Exception:  # a broken EXIF block: keep the pixels as stored
         pass
     return image, info

@@ -9,6 +9,7 @@ logging of every loss term.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -26,6 +27,30 @@ class SSLMethod(L.LightningModule):
         self.backbone = backbone
         self.optimizer_settings = OptimizerSettings()
         self.schedule_settings = ScheduleSettings()
+        self.device_views: Callable[..., dict[str, Any]] | None = None
+        self._views_seed = 0
+        self._views_generator: torch.Generator | None = None
+
+    def set_device_views(self, pipeline: Callable[..., dict[str, Any]] | None, seed: int = 0) -> None:
+        """Make the views on the training device from uint8 batches (None: the loader makes them).
+
+        Each process draws from its own generator, seeded from ``seed`` and its global
+        rank, so a run is reproducible and ranks do not repeat each other's draws."""
+        self.device_views = pipeline
+        self._views_seed = seed
+        self._views_generator = None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment a uint8 batch on the device when :meth:`set_device_views` asked for it."""
+        if self.device_views is None or not isinstance(batch, (list, tuple)) or not torch.is_tensor(batch[0]):
+            return batch
+        images, labels = batch
+        if self._views_generator is None or self._views_generator.device != images.device:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            self._views_generator = torch.Generator(device=images.device).manual_seed(
+                self._views_seed + 7919 * (rank + 1)
+            )
+        return self.device_views(images, self._views_generator), labels
 
     def configure_training(self, optimizer: OptimizerSettings, schedule: ScheduleSettings) -> None:
         """Take the step's optimiser and schedule (called by the engine before fitting)."""

@@ -59,16 +59,20 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> list[li
 def metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """A multi-class results row's scores: accuracy, balanced accuracy, macro one-vs-rest
     AUC, ``recall`` per class name (0 for a class absent from the test labels) and the
-    confusion matrix."""
+    confusion matrix; for two classes also ``sensitivity`` and ``specificity`` (the
+    second class is the positive one, the finding)."""
     values = metric_values(y_true, proba, len(classes))
     recall = {c: values[f"recall:{i}"] for i, c in enumerate(classes)}
-    return {
+    out = {
         "accuracy": values["accuracy"],
         "balanced_accuracy": values["balanced_accuracy"],
         "macro_auc": values["macro_auc"],
         "recall": {c: 0.0 if math.isnan(r) else r for c, r in recall.items()},
         "confusion_matrix": confusion(y_true, proba.argmax(axis=1), len(classes)),
     }
+    if len(classes) == 2:  # as clinical papers report a finding (e.g. pneumonia vs normal)
+        out["sensitivity"], out["specificity"] = out["recall"][classes[1]], out["recall"][classes[0]]
+    return out
 
 
 def multilabel_metrics(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sslmed.catalog import fetch_hint
 from sslmed.data import ImageSource, resolve_data_root
 from sslmed.errors import DataError
 from sslmed.plugins import get_registry
@@ -37,6 +38,9 @@ def build_sources(recipe: Recipe, registry: Registry, only: set[str] | None = No
         except DataError as exc:
             problems.append(f"data.{alias} ({spec.name}): {exc}")
     if problems:
+        hint = fetch_hint(recipe, root)
+        if hint:
+            problems = [hint] + problems
         raise DataError("; ".join(problems) if len(problems) == 1 else "data problems:\n  " + "\n  ".join(problems))
     for step in recipe.steps:
         if step.data in sources:
@@ -45,9 +49,9 @@ def build_sources(recipe: Recipe, registry: Registry, only: set[str] | None = No
         source = sources[recipe.evaluation.data]
         for split in (recipe.evaluation.train_split, recipe.evaluation.test_split):
             records = source.records(split)
-            if any(not r.is_labelled for r in records):
+            if not any(r.is_labelled for r in records):  # partly labelled data: the probes use the labelled part
                 raise DataError(
-                    f"evaluation data {recipe.evaluation.data!r} split {split!r} has unlabelled images; "
+                    f"evaluation data {recipe.evaluation.data!r} split {split!r} has no labelled images; "
                     "the probe needs labels"
                 )
     return sources

@@ -15,12 +15,44 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field
 
 from sslmed.errors import RecipeError, UsageError
+from sslmed.pretrained import looks_like_path
 from sslmed.registry import Nested, Registry, close_matches, nested_specs
 
 Loc = tuple[str | int, ...]
+
+#: YAML nesting deeper than this is refused (recipes nest about 5 levels)
+MAX_YAML_DEPTH = 64
+#: a YAML document whose aliases expand to more nodes than this is refused
+MAX_YAML_NODES = 100_000
+#: the keys a recipe file may have at its top level
+RECIPE_KEYS = ("name", "description", "data_root", "data", "defaults", "steps", "evaluation", "extends")
+
+
+def _not_bool(value: Any) -> Any:
+    # YAML reads `true`/`yes`/`on` as booleans, and Python's bool is an int: refuse it
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    return value
+
+
+#: an integer that is not a boolean
+Int = Annotated[int, BeforeValidator(_not_bool)]
+#: a finite float (no .inf/.nan) that is not a boolean
+Float = Annotated[float, BeforeValidator(_not_bool), AllowInfNan(False)]
+
+
+def _folder_name(value: str) -> str:
+    """Names that become folders (recipe, step) must stay inside their parent folder."""
+    if value.startswith(".") or len(value) > 100:
+        raise ValueError("must be a folder name of at most 100 characters, not starting with '.'")
+    return value
+
+
+#: letters, digits, ``_ . -``; not starting with a dot (no ``.``, ``..`` or hidden folders)
+FolderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$"), pydantic.AfterValidator(_folder_name)]
 
 
 class _Strict(BaseModel):
@@ -42,54 +74,96 @@ class OptimizerSettings(_Strict):
     """The optimiser of one step."""
 
     name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, le=1, description="sgd only")
+    lr: Float = Field(1e-3, gt=0)
+    weight_decay: Float = Field(1e-4, ge=0)
+    momentum: Float = Field(0.9, ge=0, le=1, description="sgd only")
 
 
 class ScheduleSettings(_Strict):
     """The learning-rate schedule of one step (stepped once per batch)."""
 
     name: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_epochs: Float = Field(0.0, ge=0)
 
 
 class StepSettings(_Strict):
     """One pre-training step: what trains, on what data, for how long, on what hardware."""
 
-    name: str
+    name: FolderName
     data: str = Field(description="a key of the recipe's data section")
     split: str = Field("train", description="which split of the data to pre-train on")
-    init_from: str | None = Field(None, description="an earlier step whose backbone starts this one")
+    init_from: str | None = Field(
+        None,
+        description="what starts this step's backbone: an earlier step's name, or a path (with a '/') to another "
+        "run's backbone export: its step folder or backbone.safetensors (relative to the working folder)",
+    )
     backbone: Annotated[ComponentSpec, Nested("backbone")]
     objective: Annotated[ComponentSpec, Nested("objective")]
     augmentations: list[Annotated[ComponentSpec, Nested("augmentation")]] = Field(min_length=1)
-    image_size: int = Field(64, ge=8, le=1024)
+    image_size: Int = Field(64, ge=8, le=1024)
     in_channels: Literal[1, 3] = 1
-    epochs: int = Field(1, ge=1)
-    max_steps: int = Field(-1, description="stop after this many optimiser steps (-1: no limit)")
-    batch_size: int = Field(64, ge=2)
-    num_workers: int = Field(0, ge=0)
+    epochs: Int = Field(1, ge=1)
+    max_steps: Int = Field(-1, description="stop after this many optimiser steps (-1: no limit)")
+    batch_size: Int = Field(64, ge=2)
+    num_workers: Int = Field(0, ge=0)
     optimizer: OptimizerSettings = OptimizerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
-    seed: int = 0
+    seed: Int = 0
     accelerator: str = "auto"
     devices: int | str | list[int] = 1
     strategy: str = "auto"
-    num_nodes: int = Field(1, ge=1)
+    num_nodes: Int = Field(1, ge=1)
     precision: str = "32-true"
     sync_batchnorm: bool = False
-    log_every_n_steps: int = Field(10, ge=1)
-    checkpoint_every_n_steps: int | None = Field(50, ge=1, description="also checkpoint mid-epoch, for resume")
+    log_every_n_steps: Int = Field(10, ge=1)
+    checkpoint_every_n_steps: Int | None = Field(
+        50,
+        ge=1,
+        description="no longer used (kept so older recipes load): checkpoints are written at the end of every "
+        "epoch, where resume is exact",
+    )
+    cache: str = Field(
+        "auto",
+        min_length=1,
+        description="decode-once image cache: auto (on for file-based data of 4,000+ images), on, off, or a folder "
+        "to keep it in (default folder: $SSLMED_CACHE_DIR or ~/.cache/sslmed)",
+    )
+
+    @pydantic.field_validator("cache", mode="before")
+    @classmethod
+    def _cache_words(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML reads a bare on/off as true/false
+            return "on" if value else "off"
+        return value
+
+    augment_on: Literal["auto", "device", "cpu"] = Field(
+        "auto",
+        description="where the augmentations run: device (batched on the training device, from uint8 batches), "
+        "cpu (per image in the loader workers), auto (device on a GPU, else cpu)",
+    )
 
 
 class SupervisedSettings(_Strict):
     """The supervised-from-scratch reference: same backbone, trained on the labels."""
 
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-3, gt=0)
-    max_steps: int = -1
+    epochs: Int = Field(5, ge=1)
+    batch_size: Int = Field(64, ge=2)
+    lr: Float = Field(1e-3, gt=0)
+    max_steps: Int = -1
+
+
+class FineTuneSettings(_Strict):
+    """Fine-tuning evaluation: backbone + head end to end, for the pre-trained backbone and the
+    same network from random init, early-stopped on the validation split."""
+
+    epochs: Int = Field(10, ge=1, description="at most this many epochs (early stopping may end sooner)")
+    max_steps: Int = Field(-1, description="stop after this many optimiser steps (-1: no limit)")
+    batch_size: Int = Field(64, ge=2)
+    lr: Float = Field(1e-3, gt=0, description="the head's learning rate")
+    backbone_lr_ratio: Float = Field(0.1, gt=0, le=1, description="the backbone's learning rate, as a fraction of lr")
+    weight_decay: Float = Field(1e-4, ge=0)
+    patience: Int = Field(3, ge=1, description="epochs without a better validation balanced accuracy before stopping")
+    min_scale: Float = Field(0.6, gt=0, le=1, description="random-resized-crop scale of the training images")
 
 
 class EvaluationSettings(_Strict):
@@ -100,12 +174,15 @@ class EvaluationSettings(_Strict):
     train_split: str = "train"
     test_split: str = "test"
     probes: list[Literal["linear", "knn"]] = ["linear", "knn"]
-    label_fractions: list[float] = [1.0]
+    label_fractions: list[Float] = [1.0]
     baselines: list[Literal["random_init", "raw_pixels", "supervised"]] = ["random_init", "supervised"]
     supervised: SupervisedSettings = SupervisedSettings()
-    knn_k: int = Field(20, ge=1)
-    batch_size: int = Field(128, ge=1)
-    seed: int = 0
+    finetune: FineTuneSettings | None = Field(
+        None, description="also fine-tune end to end (pre-trained vs random init), at every label fraction"
+    )
+    knn_k: Int = Field(20, ge=1)
+    batch_size: Int = Field(128, ge=1)
+    seed: Int = 0
 
     @pydantic.field_validator("label_fractions")
     @classmethod
@@ -119,7 +196,7 @@ class EvaluationSettings(_Strict):
 class Recipe(_Strict):
     """A whole recipe."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: FolderName
     description: str = ""
     data_root: str | None = Field(None, description="where relative data paths start")
     data: dict[str, Annotated[ComponentSpec, Nested("dataset")]]
@@ -160,6 +237,12 @@ class _LineMap:
             for index, item in enumerate(node.value):
                 self.record(item, source, loc + (index,))
 
+    def override(self, loc: Loc, text: str) -> None:
+        """``--set`` gave the value at ``loc``: problems there point at it, not at the file."""
+        for known in [k for k in self.where if k[: len(loc)] == loc]:
+            del self.where[known]
+        self.where[loc] = (f"--set {text}", 0)
+
     def lookup(self, loc: Loc) -> tuple[str, int] | None:
         for end in range(len(loc), -1, -1):
             if loc[:end] in self.where:
@@ -167,22 +250,146 @@ class _LineMap:
         return None
 
 
+class YamlLimitError(yaml.MarkedYAMLError):
+    """YAML that parses but is refused: too deep, aliases expanding without bound, a key twice."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with limits for files nobody should trust blindly.
+
+    Nesting deeper than :data:`MAX_YAML_DEPTH` and aliases that expand to more than
+    :data:`MAX_YAML_NODES` nodes (the "billion laughs" shape) or refer to themselves
+    are refused before anything is built; a key given twice in one mapping is an error
+    instead of silently keeping the last.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise YamlLimitError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise YamlLimitError(
+                    None, None, f"key {key!r} is given twice (first on line {first})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(node: yaml.Node) -> None:
+    """Refuse alias graphs that refer to themselves or expand beyond :data:`MAX_YAML_NODES`.
+
+    Sizes are memoised per node, so the check itself stays linear in the file.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    while stack:  # iterative post-order walk: no recursion limit to hit
+        current, done = stack.pop()
+        key = id(current)
+        if done:
+            children = _children(current)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            active.discard(key)
+            if sizes[key] > MAX_YAML_NODES:
+                raise YamlLimitError(
+                    None,
+                    None,
+                    f"aliases expand to more than {MAX_YAML_NODES:,} values; a recipe needs far fewer",
+                    current.start_mark,
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise YamlLimitError(None, None, "an alias refers to itself", current.start_mark)
+        active.add(key)
+        stack.append((current, True))
+        stack.extend((child, False) for child in _children(current) if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def safe_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    """Parse one YAML document with the limits of :class:`_RecipeLoader`: ``(data, node)``.
+
+    Raises ``yaml.YAMLError`` (with a ``problem_mark`` where the problem is).
+    """
+    loader = _RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_expansion(node)
+        return loader.construct_document(node), node
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    return f"{context}, {problem}" if context and "found" in problem else problem
+
+
 def _read_yaml(path: Path, lines: _LineMap) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"recipe file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"recipe file cannot be read: {path} ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise RecipeError(
+            [f"{path}:{line}: not a text file (byte {exc.start} is not UTF-8): a recipe is YAML text"]
+        ) from None
+    try:
+        data, node = safe_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError([f"{where}: invalid YAML: {problem}"]) from None
+        raise RecipeError([f"{where}: invalid YAML: {_yaml_problem(exc)}"]) from None
+    except RecursionError:  # a limit above was not enough for this Python's stack
+        raise RecipeError([f"{path}: invalid YAML: nested too deeply"]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError([f"{path}:1: a recipe must be a mapping of keys, not {type(data).__name__}"])
+    if data and not any(key in data for key in RECIPE_KEYS):
+        # say so once instead of echoing every line of some other file as an unknown key
+        raise RecipeError(
+            [
+                f"{path}:1: not an sslmed recipe: none of its {len(data)} top-level keys is a recipe key "
+                f"({', '.join(RECIPE_KEYS)})"
+            ]
+        )
     if node is not None:
         lines.record(node, str(path))
     return data
@@ -226,9 +433,13 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     if not key.strip() or any(p == "" for p in parts):
         raise UsageError(f"--set has an empty key in {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw)[0] if raw.strip() else ""
+    except YamlLimitError as exc:
+        raise UsageError(f"--set {key.strip()}: the value is refused: {exc.problem}") from None
     except yaml.YAMLError:
-        value = raw
+        value = raw  # not YAML: the text itself
+    except RecursionError:
+        raise UsageError(f"--set {key.strip()}: the value is nested too deeply") from None
     return parts, value
 
 
@@ -337,7 +548,8 @@ class _Problems:
         where = self.lines.lookup(loc)
         file, line = where if where else (self.source, 0)
         key = format_loc(loc)
-        self.items.append((file, line, f"{file}:{line} {key}: {message}" if key else f"{file}:{line} {message}"))
+        place = f"{file}:{line}" if line else file  # line 0: not from a file (--set)
+        self.items.append((file, line, f"{place} {key}: {message}" if key else f"{place} {message}"))
 
     def raise_if_any(self) -> None:
         if self.items:
@@ -400,12 +612,14 @@ def _check_references(problems: _Problems, recipe: Recipe) -> None:
                 f"no data named {step.data!r}"
                 + (f"; did you mean {hint[0]!r}?" if hint else f" (defined: {', '.join(recipe.data) or 'none'})"),
             )
-        if step.init_from is not None:
+        if step.init_from is not None and not (step.init_from not in seen and looks_like_path(step.init_from)):
+            # a path is another run's export: found and checked when the run starts (sslmed.pretrained)
             if step.init_from not in seen:
                 earlier = ", ".join(seen) or "none"
                 problems.add(
                     ("steps", index, "init_from"),
-                    f"{step.init_from!r} is not an earlier step (earlier steps: {earlier})",
+                    f"{step.init_from!r} is not an earlier step (earlier steps: {earlier}) nor a path "
+                    "to a backbone export (e.g. runs/<recipe>/<run>/steps/<step>)",
                 )
             else:
                 source = recipe.steps[seen[step.init_from]]
@@ -431,6 +645,7 @@ def load_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> t
     data = _load_with_extends(Path(path), lines)
     for text in overrides:
         apply_override(data, text)
+        lines.override(tuple(parse_override(text)[0]), text)
     _apply_defaults(data, lines)
     return data, lines
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from sslmed.calibration import reliability_figure
 from sslmed.checkpoints import load_tensors, read_backbone_meta
+from sslmed.comparisons import gain_lines
 from sslmed.data import ImageSource
 from sslmed.errors import UsageError
 from sslmed.evaluation import Evaluation, evaluate
@@ -165,6 +166,9 @@ def write_results(
         writer.writerow({**row, **{f"recall_{c}": row["recall"][c] for c in classes}})
     atomic_write_text(run.results_csv, buffer.getvalue())
     table = results_table(rows, classes)
+    gains = gain_lines(rows, samples=500)  # what pre-training bought, with its interval, under the table
+    if gains:
+        table += "\n\n" + "\n".join(gains)
     evaluation = recipe.evaluation
     where = f"{evaluation.data} ({evaluation.test_split} split)" if evaluation else "? ( split)"
     title = f"# {recipe.name}: probe on {where}\n\n"

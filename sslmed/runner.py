@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from sslmed import __version__
+from sslmed.catalog import data_copies
 from sslmed.data import ImageSource, write_run_data
-from sslmed.engine import is_worker_process, train_step
+from sslmed.engine import backbone_identity, is_worker_process, train_step
 from sslmed.errors import UsageError
 from sslmed.plugins import plugin_infos
 from sslmed.prepare import build_sources, load_recipe_file
+from sslmed.pretrained import ExternalBackbone, check_external, looks_like_path
 from sslmed.recipe import Recipe
 from sslmed.results import RunResult, evaluate_run
 from sslmed.rundir import RunDir
@@ -30,6 +32,17 @@ from sslmed.rundir import RunDir
 log = logging.getLogger(__name__)
 
 RUN_DIR_ENV = "SSLMED_RUN_DIR"  # hands the run folder to DDP worker processes
+
+
+def external_inits(recipe: Recipe) -> dict[str, ExternalBackbone]:
+    """Steps whose ``init_from`` is another run's backbone export (a path), each found,
+    checked against the step's backbone and channels, and fingerprinted."""
+    names = {s.name for s in recipe.steps}
+    return {
+        step.name: check_external(step.init_from, backbone_identity(step))
+        for step in recipe.steps
+        if step.init_from and step.init_from not in names and looks_like_path(step.init_from)
+    }
 
 
 def _git_commit() -> str | None:
@@ -70,6 +83,7 @@ def manifest(recipe: Recipe, sources: dict[str, ImageSource]) -> dict[str, Any]:
         "packages": _versions(),
         "plugins": [{"name": p.name, "version": p.version} for p in plugin_infos() if not p.error],
         "data": {alias: {"fingerprint": s.fingerprint(), **s.summary()} for alias, s in sources.items()},
+        "data_copies": data_copies(recipe),
         "seeds": {s.name: s.seed for s in recipe.steps},
     }
 
@@ -116,6 +130,7 @@ def run_recipe(
     """
     recipe, registry = load_recipe_file(path, overrides)
     sources = build_sources(recipe, registry)
+    external = external_inits(recipe)  # checked before anything is written or trained
     runs_dir = Path(runs_dir)
     if is_worker_process() and os.environ.get(RUN_DIR_ENV):
         run = RunDir(os.environ[RUN_DIR_ENV])  # DDP worker: the folder rank 0 made
@@ -132,7 +147,10 @@ def run_recipe(
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_recipe(recipe_document(recipe))
         if not run.manifest_file.exists():
-            run.write_manifest(manifest(recipe, sources))
+            record = manifest(recipe, sources)
+            if external:
+                record["init_from"] = {name: export.record() for name, export in external.items()}
+            run.write_manifest(record)
             write_run_data(run, sources)  # splits/<alias>.csv (pinnable) and skipped/<alias>.csv
         os.environ[RUN_DIR_ENV] = str(run.path.resolve())
         log.info("run folder: %s", run.path)
@@ -144,7 +162,9 @@ def run_recipe(
             if step_dir.is_done():
                 log.info("step %s: already done, skipped", step.name)
                 continue
-            init = run.step(step.init_from).path if step.init_from else None
+            init = external[step.name].path if step.name in external else None
+            if step.init_from and init is None:
+                init = run.step(step.init_from).path
             log.info(
                 "step %s: %s on %s (%s), %d epoch(s)",
                 step.name,

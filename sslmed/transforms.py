@@ -85,3 +85,55 @@ def build_view_pipeline(
             tensor_ops.append(registry.build("augmentation", spec))
     assert make_views is not None, "a validated recipe has one views augmentation"
     return ViewPipeline(image_ops, make_views, tensor_ops)
+
+
+class BatchedViewPipeline:
+    """A uint8 ``B×C×H×W`` batch -> ``{"views": [...]}`` (+ ``"clean"``), on the batch's device.
+
+    The batched twin of :class:`ViewPipeline`: the ``views`` augmentation makes the
+    normalised views of the whole batch, then each ``tensor`` augmentation erases each
+    view; every image draws its own parameters from ``generator``.
+    """
+
+    def __init__(self, make_views: Callable, tensor_ops: Sequence[Callable]) -> None:
+        self.make_views = make_views
+        self.tensor_ops = list(tensor_ops)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, list[torch.Tensor]]:
+        views = self.make_views(images, generator)
+        if not self.tensor_ops:
+            return {"views": list(views)}
+        erased = []
+        for view in views:
+            for op in self.tensor_ops:
+                view = op(view, generator)
+            erased.append(view)
+        return {"views": erased, "clean": list(views)}
+
+
+def build_batched_pipeline(
+    specs: Sequence[dict[str, Any]], registry: Registry, image_size: int, in_channels: int
+) -> BatchedViewPipeline | str:
+    """The step's augmentations as a :class:`BatchedViewPipeline`, or the reason they
+    cannot run batched (an augmentation without a ``batched`` version, or with
+    settings its batched version does not implement)."""
+    make_views, tensor_ops = None, []
+    for spec in specs:
+        component = registry.get("augmentation", spec["name"])
+        factory = component.metadata.get("batched")
+        stage = component.metadata.get("stage", "tensor")
+        if factory is None:
+            return f"augmentation {spec['name']!r} ({component.plugin}) has no batched version"
+        args = component.parse_args({k: v for k, v in spec.items() if k != "name"})
+        try:
+            built = factory(args, image_size=image_size, in_channels=in_channels)
+        except NotImplementedError as exc:
+            return str(exc)
+        if stage == "views":
+            make_views = built
+        elif stage == "image":
+            return f"augmentation {spec['name']!r} runs on PIL images (stage 'image')"
+        else:
+            tensor_ops.append(built)
+    assert make_views is not None, "a validated recipe has one views augmentation"
+    return BatchedViewPipeline(make_views, tensor_ops)

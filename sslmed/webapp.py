@@ -23,8 +23,12 @@ once, in eval mode; predictions run under ``torch.inference_mode()``.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import math
 import os
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ from PIL import Image
 from sslmed.errors import ImageLoadError
 from sslmed.explain import grad_cam, overlay, tensor_to_image
 from sslmed.predict import Prediction, Predictor
+from sslmed.rundir import atomic_write_bytes
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_CONCURRENCY = 2
@@ -147,6 +152,44 @@ def _file_path(file: Any) -> str | None:
     if isinstance(file, dict):
         return file.get("path")
     return str(getattr(file, "name", file))
+
+
+def image_file(image: Image.Image | None, folder: Path | None = None) -> str | None:
+    """``image`` as a PNG file named by its content, written once and atomically.
+
+    Gradio would save a returned PIL image under a name derived from its content by
+    rewriting the file in place, so identical concurrent requests (the same upload
+    twice) truncated the file another client was downloading. Here each file is written
+    to a temporary name and renamed: a reader only ever sees a complete file.
+    """
+    if image is None:
+        return None
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    folder = folder or Path(tempfile.gettempdir()) / "sslmed-explain"
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+    if not path.is_file():
+        atomic_write_bytes(path, data)
+    _prune(folder)
+    return str(path)
+
+
+_last_prune = {"at": 0.0}
+
+
+def _prune(folder: Path) -> None:
+    """Delete result images older than the cache lifetime, at most every half hour."""
+    now = time.time()
+    if now - _last_prune["at"] < CACHE_LIFETIME[0]:
+        return
+    _last_prune["at"] = now
+    for old in folder.glob("*.png"):
+        try:
+            if now - old.stat().st_mtime > CACHE_LIFETIME[1]:
+                old.unlink()
+        except OSError:  # another process pruned it first
+            pass
 
 
 def _format_value(value: Any) -> str:
@@ -374,16 +417,16 @@ def build_demo(
         def clear() -> tuple[str, None, None, None, None, None]:
             return "", None, None, None, None, None
 
-        def explain(file: Any) -> tuple[Image.Image, Image.Image, Image.Image | None]:
-            return service.explain(file)
+        def explain(file: Any) -> tuple[str | None, ...]:
+            return tuple(image_file(image) for image in service.explain(file))
 
         def predict(file: Any) -> tuple[dict[str, float], str, dict[str, Any]]:
             result = service.analyse(file)
             return result.probabilities, ood_warning(result), result.as_dict()
 
         def analyse(file: Any) -> tuple[Any, ...]:
-            model_input, cam, reconstruction = service.explain(file)
-            return *predict(file), model_input, cam, reconstruction
+            images = tuple(image_file(image) for image in service.explain(file))
+            return *predict(file), *images
 
         if examples:
             with example_slot:  # clicking an example classifies it at once

@@ -78,3 +78,16 @@ def trained_run(tmp_path_factory, data_dir: Path) -> Path:
     result = CliRunner().invoke(cli, ["-q", "run", str(recipe), "--runs-dir", str(folder / "runs")])
     assert result.exit_code == 0, result.output
     return next((folder / "runs" / "tiny").iterdir())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache_in_a_temporary_folder(tmp_path_factory):
+    """Image caches built by tests go to a temporary folder, never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("image-cache")
+    old = os.environ.get("SSLMED_CACHE_DIR")
+    os.environ["SSLMED_CACHE_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("SSLMED_CACHE_DIR", None)
+    else:
+        os.environ["SSLMED_CACHE_DIR"] = old

@@ -232,10 +232,6 @@ def test_label_not_in_class_list(tmp_path: Path) -> None:
         match=r"labels\.csv: 4 label\(s\) not in the class list \['No_findings', 'Covid-19'\]: line 6: 'Pneumonia'",
     ):
         build_csv(CsvArgs(path=str(folder), classes=["No_findings", "Covid-19"]), data_root=tmp_path)
-    with open(folder / "labels.csv", "a") as handle:
-        handle.write("Pneumonia/x.png,,\n")
-    with pytest.raises(DataError, match=r"line 10: '' \(empty\)"):
-        build_csv(CsvArgs(path=str(folder)), data_root=tmp_path)
 
 
 def test_missing_paths(tmp_path: Path) -> None:
@@ -269,3 +265,16 @@ def test_arguments_are_checked_by_the_registry() -> None:
     with pytest.raises(Exception, match="extra"):
         component.parse_args({"path": "x", "split_fle": "y"})
     assert {"chexpert", "csv", "image_folder", "medmnist_npz"} <= set(get_registry().names("dataset"))
+
+
+def test_partly_labelled_csv_keeps_unlabelled_images_for_pre_training(data_dir: Path) -> None:
+    """cxr_corpus labels its radiography/ images only: empty labels are unlabelled images."""
+    source = build_csv(CsvArgs(path="cxr_corpus", verify=False, test_size=0, val_size=0), data_root=data_dir)
+    records = source.records("all")
+    assert source.classes == ["COVID", "Normal"]
+    assert len(records) == 22_548
+    labels = [r.label for r in records]
+    assert (labels.count(0), labels.count(1), labels.count(-1)) == (2_831, 10_136, 9_581)
+    unlabelled = [r for r in records if not r.is_labelled]
+    assert all(str(r.ref).startswith("mednist_cxr/") for r in unlabelled)
+    assert source.summary()["splits"]["train"]["unlabelled"] == 9_581

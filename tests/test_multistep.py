@@ -74,12 +74,13 @@ def test_step_two_starts_from_step_one_weights(tiny_recipe, tmp_path, recording)
 def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_recipe, tmp_path, recording):
     recipe = tiny_recipe("recording_simclr", steps=4)
     runs = tmp_path / "runs"
-    FAIL_AT_STEP["step"] = 3  # step 2 of "target" is checkpointed, step 3 crashes
+    FAIL_AT_STEP["step"] = 3  # step 3 of "target" crashes, within its first epoch
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_recipe(recipe, runs_dir=runs, progress=False)
     run_dir = next((runs / "tiny").iterdir())
     assert (run_dir / "steps" / "corpus" / "backbone.safetensors").is_file()
-    assert (run_dir / "steps" / "target" / "checkpoints" / "last.ckpt").is_file()
+    # no epoch of "target" completed: there is no checkpoint to resume from
+    assert not list((run_dir / "steps" / "target" / "checkpoints").glob("*.ckpt"))
     assert not (run_dir / "steps" / "target" / "backbone.safetensors").exists()
     assert not (run_dir / "results.json").exists()
 
@@ -91,7 +92,8 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_recipe, tmp_path,
     recording.clear()
     result = run_recipe(recipe, runs_dir=runs, resume="latest", progress=False)
     assert result.run_dir == run_dir
-    assert [seen["global_step"] for seen in recording] == [2]  # corpus skipped; target resumed at step 2
+    # corpus skipped; target restarts its unfinished first epoch (resume is at epoch boundaries)
+    assert [seen["global_step"] for seen in recording] == [0]
     meta = json.loads((run_dir / "steps" / "target" / "backbone.json").read_text())
     assert meta["global_step"] == 4
     assert (run_dir / "results.json").is_file()

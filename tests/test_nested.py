@@ -142,3 +142,9 @@ def test_validate_no_data_catches_a_typo_inside_a_union_member(tmp_path: Path):
         f"{path}:9 data.corpus.exclude[0].dataset: Value error, a dataset 'union' is not allowed here" in result.output
     )
     assert "Traceback" not in result.output
+
+
+def test_info_names_the_kind_of_a_nested_argument():
+    result = CliRunner().invoke(cli, ["info", "crsm"])
+    assert result.exit_code == 0, result.output
+    assert "decoder (a decoder spec, default {'name': 'resnet_decoder'})" in result.output

@@ -85,10 +85,13 @@ def test_plugin_that_duplicates_a_builtin_is_refused_with_both_names():
 
     plugins.register_plugin(Clash(), name="clash")
     try:
-        with pytest.raises(DuplicateComponentError, match="sslmed.default_plugins.backbones.*clash"):
-            plugins.get_registry()
+        registry = plugins.get_registry()  # the external plugin is skipped, the built-in one stays
+        assert registry.get("backbone", "resnet18").plugin == "sslmed.default_plugins.backbones"
+        errors = {info.name: info.error for info in plugins.plugin_infos()}
+        assert "registers backbone 'resnet18', which plugin 'sslmed.default_plugins.backbones'" in errors["clash"]
     finally:
         plugins.unregister_plugin("clash")
+        plugins.reload()
 
 
 PACKAGE = {

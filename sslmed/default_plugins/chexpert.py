@@ -73,7 +73,8 @@ class ChexpertArgs(LoadingArgs):
     """The CheXpert v1.0 release (``train.csv``/``valid.csv`` and the images they list)."""
 
     path: str = Field(
-        description="the release folder (CheXpert-v1.0-small) or the folder containing it, absolute or under the data root"
+        description="the release folder (CheXpert-v1.0-small) or the folder containing it, absolute or under "
+        "the data root"
     )
     findings: list[str] = Field(
         list(COMPETITION_FINDINGS),
@@ -118,7 +119,8 @@ class ChexpertArgs(LoadingArgs):
             extra = [f for f in self.uncertainty if f not in self.findings]
             if extra:
                 raise ValueError(
-                    f"uncertainty policy given for finding(s) not in findings: {', '.join(extra)} (findings: {', '.join(self.findings)})"
+                    f"uncertainty policy given for finding(s) not in findings: {', '.join(extra)} (findings: "
+                    f"{', '.join(self.findings)})"
                 )
         return self
 
@@ -163,7 +165,8 @@ def locate_release(folder: Path) -> Path:
         if (folder / name / "train.csv").is_file() or (folder / name / "valid.csv").is_file():
             return folder / name
     raise DataError(
-        f"{folder}: not a CheXpert release: no train.csv or valid.csv in it or in {' or '.join(RELEASE_FOLDERS)}/ below it"
+        f"{folder}: not a CheXpert release: no train.csv or valid.csv in it or in "
+        f"{' or '.join(RELEASE_FOLDERS)}/ below it"
     )
 
 
@@ -173,7 +176,8 @@ def _records_of(table: Path, args: ChexpertArgs, dropped: dict[str, int]) -> lis
     absent = [c for c in needed if c not in columns]
     if absent:
         raise DataError(
-            f"{table}: missing column(s) {', '.join(repr(c) for c in absent)} of the CheXpert header (columns: {', '.join(columns)})"
+            f"{table}: missing column(s) {', '.join(repr(c) for c in absent)} of the CheXpert header "
+            f"(columns: {', '.join(columns)})"
         )
     policies = [args.policy(f) for f in args.findings]
     records = []
@@ -218,7 +222,8 @@ def build_chexpert(args: ChexpertArgs, *, data_root: Path, **_context: Any) -> I
                 given.setdefault(split, []).extend(records)
     if not given:
         raise DataError(
-            f"{release}: train.csv and valid.csv list no usable images ({', '.join(f'{n} {k}' for k, n in dropped.items()) or 'empty'})"
+            f"{release}: train.csv and valid.csv list no usable images "
+            f"({', '.join(f'{n} {k}' for k, n in dropped.items()) or 'empty'})"
         )
     first = next(iter(given.values()))[0]
     if not str(first.ref).startswith(release.name + "/") and (release / str(first.ref)).exists():

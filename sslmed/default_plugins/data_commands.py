@@ -107,7 +107,7 @@ def build_source(
 
     registry = get_registry()
     if recipe is not None:
-        from sslmed.runner import load_recipe_file
+        from sslmed.prepare import load_recipe_file
 
         loaded, registry = load_recipe_file(recipe)
         if alias is None:
@@ -151,7 +151,7 @@ def _with_source_options(func: Any) -> Any:
 
 @click.group(name="data")
 def data_group() -> None:
-    """Look at data before training on it: inspect a source, write split files."""
+    """Get and look at data: fetch catalogue datasets, inspect a source, write split files, build the image cache."""
 
 
 @data_group.command(name="inspect")
@@ -234,6 +234,39 @@ def split_command(
     if built.skipped:
         click.echo(f"{len(built.skipped)} unreadable file(s) left out", err=True)
     click.echo(f"wrote {out} ({built.split_origin}); pin it in a recipe's data section with  split_file: {out}")
+
+
+# ------------------------------------------------------------------ data cache
+
+
+@data_group.command(name="cache")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value (repeatable).")
+@click.option("--step", "step_names", multiple=True, help="Only this step (repeatable; default: every step).")
+def cache_command(recipe: Path, overrides: tuple[str, ...], step_names: tuple[str, ...]) -> None:
+    """Build the decode-once image cache of RECIPE's steps ahead of training.
+
+    Each step whose cache: setting uses a cache gets its data decoded at the step's
+    image size (once per data and size; a cache already complete is reused). Prints
+    the cache folder of each step.
+    """
+    from sslmed.cache import AUTO_MIN_IMAGES, cache_root, ensure_cache, wants_cache
+    from sslmed.runner import build_sources, load_recipe_file
+
+    loaded, registry = load_recipe_file(recipe, overrides)
+    steps = [loaded.step(name) for name in step_names] if step_names else loaded.steps
+    needed = {s.data for s in steps} | ({loaded.evaluation.data} if loaded.evaluation else set())
+    sources = build_sources(loaded, registry, only=needed)
+    for step in steps:
+        source = sources[step.data]
+        if not wants_cache(step.cache, source, len(source.records(step.split))):
+            why = "cache: off" if step.cache == "off" else f"cache: auto and under {AUTO_MIN_IMAGES:,} images"
+            click.echo(f"step {step.name}: no cache ({why}; set cache: on to build one)", err=True)
+            continue
+        cache = ensure_cache(source, step.image_size, step.in_channels, cache_root(step.cache))
+        meta = cache.meta
+        click.echo(f"step {step.name}: {len(meta['refs'])} images of {step.data} at {step.image_size}px", err=True)
+        click.echo(str(cache.folder))
 
 
 @hookimpl

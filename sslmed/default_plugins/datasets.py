@@ -59,10 +59,15 @@ class CsvArgs(SplitArgs):
     csv: str = Field("labels.csv", description="the CSV file, relative to path")
     images: str | None = Field(
         None,
-        description="folder the path column is relative to, under path (default: images/ if it exists, else path itself)",
+        description="folder the path column is relative to, under path (default: images/ if it exists, else "
+        "path itself)",
     )
     path_column: str = Field("path", description="column with each image's path")
-    label_column: str | None = Field("label", description="column with each image's class; null for unlabelled images")
+    label_column: str | None = Field(
+        "label",
+        description="column with each image's class (an empty cell: an unlabelled image, used for pre-training and "
+        "left out of probes); null when no image has a label",
+    )
     patient_column: str | None = Field(None, description="patient id column, for patient-wise splits")
     split_column: str | None = Field(None, description="a column giving each image's split (train/val/test)")
     classes: list[str] | None = Field(None, description="class order (default: sorted labels)")
@@ -120,7 +125,8 @@ def build_csv(args: CsvArgs, *, data_root: Path, **_context: Any) -> ImageSource
     )
     if not image_dir.is_dir():
         raise DataError(
-            f"{table}: image folder {image_dir} not found (set images: to the folder the {args.path_column!r} column is relative to)"
+            f"{table}: image folder {image_dir} not found (set images: to the folder the "
+            f"{args.path_column!r} column is relative to)"
         )
     columns, rows = read_csv_rows(table)
     wanted = [c for c in (args.path_column, args.label_column, args.patient_column, args.split_column) if c]
@@ -131,11 +137,11 @@ def build_csv(args: CsvArgs, *, data_root: Path, **_context: Any) -> ImageSource
         )
     labels_seen = sorted({row[args.label_column] or "" for row in rows}) if args.label_column else []
     classes = list(args.classes or [label for label in labels_seen if label])
-    if args.label_column:
+    if args.label_column:  # an empty label is an unlabelled image (pre-training only, left out of probes)
         bad = [
-            f"line {line}: {row[args.label_column]!r}" + (" (empty)" if not row[args.label_column] else "")
+            f"line {line}: {row[args.label_column]!r}"
             for line, row in enumerate(rows, start=2)
-            if (row[args.label_column] or "") not in classes
+            if (row[args.label_column] or "").strip() and row[args.label_column] not in classes
         ]
         if bad:
             raise DataError(f"{table}: {len(bad)} label(s) not in the class list {classes}: {listed(bad)}")
@@ -144,7 +150,8 @@ def build_csv(args: CsvArgs, *, data_root: Path, **_context: Any) -> ImageSource
         ref = (row[args.path_column] or "").strip()
         if not ref:
             raise DataError(f"{table}: line {line}: empty {args.path_column!r}")
-        label = classes.index(row[args.label_column]) if args.label_column else UNLABELLED
+        text = (row[args.label_column] or "").strip() if args.label_column else ""
+        label = classes.index(row[args.label_column]) if text else UNLABELLED
         patient = None
         if args.patient_column:
             patient = (row[args.patient_column] or "").strip() or None

@@ -10,6 +10,11 @@ the two under the same pipeline (stage ``tensor``: after the SimCLR views, per v
 Both take ``C×H×W`` or ``B×C×H×W`` tensors (each image of a batch is erased
 independently) and never modify their input: the view pipeline keeps the un-erased
 views as ``clean`` for objectives that reconstruct them (``crsm``).
+
+:class:`BatchedMdre` and :class:`BatchedRandomErasing` are the same two augmentations
+for a whole batch on the training device: every image still gets its own random
+regions, drawn from the same distributions, but all masks are computed at once with
+tensor operations instead of one image at a time in Python.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ class MdreArgs(BaseModel):
     )
     fill: Literal["zero", "mean", "noise"] = Field(
         "zero",
-        description="zero (the dataset mean after normalisation), mean (the view's own mean per channel) or noise (standard normal)",
+        description="zero (the dataset mean after normalisation), mean (the view's own mean per channel) or "
+        "noise (standard normal)",
     )
     seed: int | None = Field(None, description="seed of the erasing's own random generator (None: torch's global one)")
 
@@ -332,6 +338,203 @@ class RandomErasing:
         return torch.stack([self.erase(one) for one in image])
 
 
+def _grid(height: int, width: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates ``(y, x)``, shaped to broadcast as ``1×1×H×W``."""
+    ys = torch.arange(height, device=device, dtype=torch.float32).view(1, 1, height, 1) + 0.5
+    xs = torch.arange(width, device=device, dtype=torch.float32).view(1, 1, 1, width) + 0.5
+    return ys, xs
+
+
+def _box_mask(
+    ys: torch.Tensor, xs: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, h: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
+    """Masks of the boxes ``[y0, y0+h) × [x0, x0+w)``: shape of ``y0`` + ``H×W``."""
+
+    def v(t: torch.Tensor) -> torch.Tensor:
+        return t[..., None, None]
+
+    rows = (ys >= v(y0)) & (ys < v(y0 + h))
+    cols = (xs >= v(x0)) & (xs < v(x0 + w))
+    return rows & cols
+
+
+class BatchedMdre:
+    """``mdre`` for a whole ``B×C×H×W`` batch on its device, one independent draw per image.
+
+    The same draws as :class:`MultiDirectionalRandomErasing`: a region count, a random
+    start in ``directions``, one grid cell per region, log-uniform area and aspect
+    ratio; each region rasterised (pixel centres inside the rotated rectangle), its
+    pixel count brought back into ``[min_area, max_area]`` by rescaling, and an exact
+    box where that still misses.
+    """
+
+    def __init__(self, args: MdreArgs) -> None:
+        self.args = args
+        self.grid_max = max(1, math.ceil(math.sqrt(args.max_count)))
+        direction_angles = [ANGLES.get(d, -1.0) for d in args.directions]  # -1: square
+        self._angles = torch.tensor(direction_angles, dtype=torch.float32)
+
+    def __repr__(self) -> str:
+        return f"BatchedMdre({self.args!r})"
+
+    def masks(
+        self, n: int, height: int, width: int, generator: torch.Generator | None = None, device: Any = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n×H×W`` boolean masks of the regions (without the ``p`` draw) and the region count of each."""
+        a = self.args
+        r_max, g_max = a.max_count, self.grid_max
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, generator=generator, device=device)
+
+        count = (a.min_count + torch.floor(rand(n) * (a.max_count - a.min_count + 1))).clamp(max=a.max_count).long()
+        start = torch.floor(rand(n) * len(a.directions)).long() % len(a.directions)
+        grid = torch.ceil(torch.sqrt(count.float())).long().clamp(min=1)
+        keys = rand(n, g_max * g_max)
+        cell_ids = torch.arange(g_max * g_max, device=device)
+        keys = torch.where(cell_ids[None, :] < (grid * grid)[:, None], keys, torch.full_like(keys, 2.0))
+        cells = keys.argsort(dim=1)[:, :r_max]  # n×R: the first `count` are used
+        active = torch.arange(r_max, device=device)[None, :] < count[:, None]
+        u = rand(n, r_max, 6)
+        ua, ur, uy, ux, uo, uf = u.unbind(-1)
+        direction = (start[:, None] + torch.arange(r_max, device=device)[None, :]) % len(a.directions)
+        angle = self._angles.to(device)[direction]
+        square = angle < 0
+        total = height * width
+        area = torch.exp(math.log(a.min_area) + ua * (math.log(a.max_area) - math.log(a.min_area))) * total
+        aspect = torch.where(
+            square,
+            1.0 + 0.5 * ur,
+            torch.exp(math.log(a.min_aspect) + ur * (math.log(a.max_aspect) - math.log(a.min_aspect))),
+        )
+        angle = torch.where(square, torch.where(uo < 0.5, 0.0, 90.0), angle)
+        length = torch.sqrt(area * aspect).clamp(max=float(max(height, width)))
+        thick = torch.where(area > length, area / length, torch.ones_like(length))
+        row, col = cells // grid[:, None], cells % grid[:, None]
+        cy = (row + uy) * (height / grid[:, None])
+        cx = (col + ux) * (width / grid[:, None])
+        lo_px, hi_px = max(1, math.ceil(a.min_area * total)), max(1, math.floor(a.max_area * total))
+        # only the regions in use are rasterised, as one flat list of K regions
+        owner = active.nonzero()[:, 0]
+        flat = [t[active] for t in (cy, cx, length, thick, angle, area, uf)]
+        cy, cx, length, thick, angle, area, uf = flat
+        ys, xs = _grid(height, width, device)
+        ys, xs = ys[0], xs[0]  # 1×H×1 and 1×1×W: broadcast over K regions
+        mask = self._rasterise(ys, xs, height, width, cy, cx, length, thick, angle)
+        for _retry in range(2):  # rasterising missed the area: rescale those shapes and retry
+            pixels = mask.flatten(1).count_nonzero(dim=1).float()
+            missed = ((pixels < lo_px) | (pixels > hi_px)).nonzero()[:, 0]
+            if len(missed) == 0:
+                break
+            scale = torch.sqrt(area[missed] / pixels[missed].clamp(min=1))
+            length[missed] = length[missed] * scale
+            thick[missed] = (thick[missed] * scale).clamp(min=1.0)
+            mask[missed] = self._rasterise(
+                ys, xs, height, width, cy[missed], cx[missed], length[missed], thick[missed], angle[missed]
+            )
+        pixels = mask.flatten(1).count_nonzero(dim=1)
+        missed = ((pixels < lo_px) | (pixels > hi_px)).nonzero()[:, 0]
+        if len(missed):  # still missed (tiny images): an exact near-square box of the drawn area
+            px = torch.round(area[missed]).clamp(lo_px, hi_px)
+            h = torch.floor(torch.sqrt(px)).clamp(1, height)
+            w = torch.ceil(px / h).clamp(max=width)
+            y0 = torch.floor(uf[missed] * (height - h + 1)).clamp(max=height - h)
+            x0 = torch.floor((1 - uf[missed]) * (width - w + 1)).clamp(max=width - w)
+            mask[missed] = _box_mask(ys, xs, y0, x0, h, w)
+        out = torch.zeros(n, height, width, dtype=torch.uint8, device=device)
+        out.index_add_(0, owner, mask.to(torch.uint8))  # the union of each image's regions
+        return out > 0, count
+
+    @staticmethod
+    def _rasterise(ys, xs, height, width, cy, cx, length, thick, angle) -> torch.Tensor:
+        """``K×H×W`` masks of K regions: pixel centres inside each rectangle.
+
+        0°/90° shapes are first snapped to a whole-pixel box inside the image and
+        oblique ones to half pixels and kept inside, as the per-image version does;
+        then one rotated-rectangle test covers both (for a snapped box it selects
+        exactly the box's pixels)."""
+        axis = (angle == 0.0) | (angle == 90.0)
+        horizontal = angle == 0.0
+        bh = torch.where(horizontal, thick, length).round().clamp(1, height)
+        bw = torch.where(horizontal, length, thick).round().clamp(1, width)
+        y0 = torch.minimum(torch.round(cy - bh / 2).clamp(min=0), height - bh)
+        x0 = torch.minimum(torch.round(cx - bw / 2).clamp(min=0), width - bw)
+        length_o = torch.round(length * 2) / 2
+        thick_o = (torch.round(thick * 2) / 2).clamp(min=1.0)
+        half = 0.5 * (length_o + thick_o) * math.sqrt(0.5)
+        cy_o = torch.where(height > 2 * half, torch.minimum(torch.maximum(cy, half), height - half), height / 2)
+        cx_o = torch.where(width > 2 * half, torch.minimum(torch.maximum(cx, half), width - half), width / 2)
+        # one description for both: centre, half extents along the shape's axes, angle
+        cy_all = torch.where(axis, y0 + bh / 2, cy_o)
+        cx_all = torch.where(axis, x0 + bw / 2, cx_o)
+        half_len = torch.where(axis, bw / 2, length_o / 2)
+        half_thick = torch.where(axis, bh / 2, thick_o / 2)
+        rad = torch.deg2rad(torch.where(axis, torch.zeros_like(angle), angle))
+        cos, sin = torch.cos(rad).view(-1, 1, 1), torch.sin(rad).view(-1, 1, 1)
+        dy, dx = ys - cy_all.view(-1, 1, 1), xs - cx_all.view(-1, 1, 1)  # K×H×1, K×1×W
+        along = (dx * cos + dy * sin).abs() <= half_len.view(-1, 1, 1)
+        across = (dy * cos - dx * sin).abs() <= half_thick.view(-1, 1, 1)
+        return along & across
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Erase each image of a ``B×C×H×W`` batch (with probability ``p``); returns a new tensor."""
+        n, _c, height, width = images.shape
+        mask, _count = self.masks(n, height, width, generator, images.device)
+        erase = torch.rand(n, generator=generator, device=images.device) < self.args.p
+        mask = (mask & erase[:, None, None])[:, None]
+        return _fill(images, mask, self.args.fill, generator)
+
+
+def _fill(images: torch.Tensor, mask: torch.Tensor, fill: str, generator: torch.Generator | None) -> torch.Tensor:
+    if fill == "zero":
+        return images.masked_fill(mask, 0.0)
+    if fill == "mean":
+        return torch.where(mask, images.mean(dim=(-2, -1), keepdim=True).expand_as(images), images)
+    noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    return torch.where(mask, noise, images)
+
+
+class BatchedRandomErasing:
+    """``random_erasing`` for a whole batch on its device: torchvision's parameter draw
+    (up to 10 tries of area and log aspect ratio; no erasure if none fits) per image."""
+
+    def __init__(self, args: RandomErasingArgs) -> None:
+        self.args = args
+
+    def __repr__(self) -> str:
+        return f"BatchedRandomErasing({self.args!r})"
+
+    def boxes(
+        self, n: int, height: int, width: int, generator: torch.Generator | None = None, device: Any = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n×4`` boxes ``(top, left, h, w)`` and whether a box was found, per image."""
+        a, attempts = self.args, 10
+        u = torch.rand(n, attempts, 2, generator=generator, device=device)
+        area = height * width * (a.min_area + (a.max_area - a.min_area) * u[..., 0])
+        log0, log1 = math.log(a.min_ratio), math.log(a.max_ratio)
+        aspect = torch.exp(log0 + (log1 - log0) * u[..., 1])
+        h = torch.round(torch.sqrt(area * aspect))
+        w = torch.round(torch.sqrt(area / aspect))
+        valid = (h < height) & (w < width)
+        first = torch.argmax(valid.int(), dim=1, keepdim=True)
+        h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
+        pos = torch.rand(n, 2, generator=generator, device=device)
+        top = torch.floor(pos[:, 0] * (height - h + 1))
+        left = torch.floor(pos[:, 1] * (width - w + 1))
+        return torch.stack([top, left, h, w], dim=1), valid.any(dim=1)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Erase one rectangle in each image of a ``B×C×H×W`` batch (with probability ``p``)."""
+        n, _c, height, width = images.shape
+        boxes, found = self.boxes(n, height, width, generator, images.device)
+        erase = found & (torch.rand(n, generator=generator, device=images.device) < self.args.p)
+        ys, xs = _grid(height, width, images.device)
+        top, left, h, w = boxes.unbind(1)
+        mask = _box_mask(ys, xs, top[:, None], left[:, None], h[:, None], w[:, None])[:, 0]
+        mask = (mask & erase[:, None, None])[:, None]
+        return _fill(images, mask, self.args.fill, generator)
+
+
 def build_mdre(args: MdreArgs, **_context: Any) -> MultiDirectionalRandomErasing:
     """Multi-directional random erasing: several small strips/squares in different directions."""
     return MultiDirectionalRandomErasing(args)
@@ -344,5 +547,11 @@ def build_random_erasing(args: RandomErasingArgs, **_context: Any) -> RandomEras
 
 @hookimpl
 def register_augmentations(register: Any) -> None:
-    register("mdre", build_mdre, args=MdreArgs, stage="tensor")
-    register("random_erasing", build_random_erasing, args=RandomErasingArgs, stage="tensor")
+    register("mdre", build_mdre, args=MdreArgs, stage="tensor", batched=lambda args, **_: BatchedMdre(args))
+    register(
+        "random_erasing",
+        build_random_erasing,
+        args=RandomErasingArgs,
+        stage="tensor",
+        batched=lambda args, **_: BatchedRandomErasing(args),
+    )
