@@ -5,7 +5,9 @@ worth as a starting point: the backbone and a linear head are trained together o
 1%, 10% or 100% of the labels, the backbone at a fraction of the head's learning rate
 (so the pre-trained features are adjusted, not overwritten), with early stopping on the
 validation split (the best epoch's weights are kept; the test split is only scored).
-The same network and schedule from random initialisation is the reference row.
+The same network and schedule from random initialisation is the reference row. With a
+validation split, each row also reports temperature scaling fitted there (``calibration``:
+ECE and Brier score on the test split before and after; see :mod:`sslmed.calibration`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from lightning.pytorch.callbacks import EarlyStopping
 from sklearn.metrics import balanced_accuracy_score
 from torchvision.transforms import v2
 
+from sslmed.calibration import calibrate
 from sslmed.evaluation import LabelledSplit, SupervisedModule, device
 from sslmed.models import Backbone
 from sslmed.recipe import EvaluationSettings, FineTuneSettings
+from sslmed.tasks import MULTICLASS
 from sslmed.transforms import eval_transform
 
 log = logging.getLogger(__name__)
@@ -123,16 +127,26 @@ def finetune_proba(
     if module.best_state is not None:  # early stopping: score the best validation epoch, not the last
         module.load_state_dict(module.best_state)
     module.eval().to(device())
-    chunks = []
-    with torch.inference_mode():
-        for images, _labels in test.loader(eval_transform(image_size, in_channels), in_channels, 256):
-            chunks.append(module.task.activate(module(images.to(device())).float()).cpu().numpy())
+    test_logits = split_logits(module, test, image_size, in_channels)
     info = {
         "epochs_run": int(trainer.current_epoch),
         "val_balanced_accuracy": None if val_loader is None else round(float(module.best_score), 5),
         "backbone_lr": settings.lr * settings.backbone_lr_ratio,
     }
-    return np.concatenate(chunks), info
+    if val is not None and module.task.name == MULTICLASS.name and len(val.records):
+        # temperature scaling on the validation split, as for the exported linear probe
+        val_logits = split_logits(module, val, image_size, in_channels)
+        info["calibration"] = calibrate(val_logits, val.labels, test_logits, test.labels).summary()
+    return module.task.activate(torch.from_numpy(test_logits)).numpy(), info
+
+
+def split_logits(module: torch.nn.Module, split: LabelledSplit, image_size: int, in_channels: int) -> np.ndarray:
+    """The model's logits for every image of ``split`` (evaluation transform)."""
+    chunks = []
+    with torch.inference_mode():
+        for images, _labels in split.loader(eval_transform(image_size, in_channels), in_channels, 256):
+            chunks.append(module(images.to(device())).float().cpu().numpy())
+    return np.concatenate(chunks)
 
 
 def finetune_rows(

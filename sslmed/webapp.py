@@ -169,7 +169,9 @@ def image_file(image: Image.Image | None, folder: Path | None = None) -> str | N
     data = buffer.getvalue()
     folder = folder or Path(tempfile.gettempdir()) / "sslmed-explain"
     path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
-    if not path.is_file():
+    if path.is_file():
+        os.utime(path)  # in use again: the prune below must not take it as an hour old
+    else:
         atomic_write_bytes(path, data)
     _prune(folder)
     return str(path)

@@ -342,8 +342,10 @@ evaluation:
     images = [tree / r["path"] for r in split_rows if r["split"] == "test"][:4]
     predicted = CliRunner().invoke(cli, ["predict", str(result.run_dir), *map(str, images)])
     assert predicted.exit_code == 0, predicted.output
-    by_image = json.loads(predicted.stdout)
-    assert list(by_image) == [str(i) for i in images]
+    answers = json.loads(predicted.stdout)
+    assert list(answers) == [str(i) for i in images]
+    assert not any(a["calibrated"] for a in answers.values())  # temperature scaling: multi-class only
+    by_image = {image: answer["probabilities"] for image, answer in answers.items()}
     sums = [sum(p.values()) for p in by_image.values()]
     assert all(list(p) == findings and all(0 < v < 1 for v in p.values()) for p in by_image.values())
     assert any(abs(s - 1) > 0.01 for s in sums), f"per-finding probabilities look like a softmax: sums {sums}"

@@ -117,3 +117,26 @@ def test_out_of_fold_fit_without_a_validation_split(export: tuple[Path, dict]) -
     assert trust.ood.fitted_on.startswith("train (5-fold")
     # out of fold, the threshold is not fitted on the images it judges: chest test images mostly pass
     assert trust.ood.flag(trust.test_scores).mean() <= 0.15
+
+
+def test_fine_tuned_models_report_calibration_too(data_dir: Path) -> None:
+    """A (very short) fine-tuning on real covid3 images: with a validation split the row
+    carries a temperature fitted there and ECE/Brier on the test split."""
+    from sslmed.evaluation import LabelledSplit
+    from sslmed.finetune import finetune_proba
+    from sslmed.recipe import FineTuneSettings
+
+    source = get_registry().build(
+        "dataset",
+        {"name": "csv", "path": "covid3", "patient_column": "patient_id", "test_size": 0.2, "val_size": 0.1},
+        data_root=data_dir,
+    )
+    splits = {name: LabelledSplit(source, source.records(name)[::8]) for name in ("train", "val", "test")}
+    torch.manual_seed(0)
+    backbone = get_registry().build("backbone", {"name": "resnet18", "small_input": True}, in_channels=1)
+    settings = FineTuneSettings(epochs=1, max_steps=3, batch_size=16)
+    proba, info = finetune_proba(backbone, splits["train"], splits["val"], splits["test"], 3, 16, 1, settings, seed=0)
+    calibration = info["calibration"]
+    assert calibration["fitted_on"] == "val" and calibration["fitted_images"] == len(splits["val"].records)
+    assert calibration["test_images"] == len(proba) and calibration["temperature"] > 0
+    assert calibration["brier_after"] <= calibration["brier_before"] + 0.05
