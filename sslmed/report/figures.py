@@ -17,6 +17,7 @@ import numpy as np
 from sslmed.report.labels import BASELINE_NAMES, Labels
 from sslmed.report.runs import Run
 from sslmed.report.stats import Entry
+from sslmed.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def read_losses(run: Run) -> dict[str, list[tuple[int, float]]]:
     out: dict[str, list[tuple[int, float]]] = {}
     offset = 0
     for step in run.recipe.get("steps", []):
-        file = run.path / "steps" / step["name"] / "logs" / "metrics.csv"
+        file = RunDir(run.path).step(step["name"]).metrics_csv
         if not file.is_file():
             continue
         with open(file, newline="") as handle:
@@ -182,7 +183,7 @@ def reconstruction_figure(run: Run, path: Path, count: int = 4, labels: Labels |
     registry = get_registry()
     steps = run.recipe.get("steps", [])
     for step in reversed(steps):
-        directory = run.path / "steps" / step["name"]
+        directory = RunDir(run.path).step(step["name"]).path
         if not (directory / "backbone.json").is_file():
             continue
         extras = read_backbone_meta(directory).get("extras", {})

@@ -23,7 +23,7 @@ from sslmed.report.figures import (
 from sslmed.report.labels import Labels
 from sslmed.report.runs import Run, find_runs, load_run
 from sslmed.report.stats import Entry, claim_lines, entries_for_target
-from sslmed.rundir import RELIABILITY, atomic_write_bytes, atomic_write_text
+from sslmed.rundir import RELIABILITY, RunDir, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def runs_table(runs: list[Run]) -> str:
     for run in runs:
         parts = []
         for step in run.recipe.get("steps", []):
-            meta_file = run.path / "steps" / step["name"] / "backbone.json"
+            meta_file = RunDir(run.path).step(step["name"]).backbone_meta
             meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
             parts.append(
                 f"{step['name']}: {step.get('data')} {step.get('image_size')}px, "
