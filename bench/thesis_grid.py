@@ -375,10 +375,6 @@ def summary(results: list[dict[str, Any]], budget: Budget, samples: int) -> str:
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
     try:
-        info["loadavg_start"] = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        pass
-    try:
         import torch
 
         info["torch"] = torch.__version__
@@ -497,6 +493,7 @@ def main() -> int:
         return 0
     print(f"{len(jobs)} runs, budget {args.budget}: {budget} -> {out}", flush=True)
     started = time.perf_counter()
+    load_start = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     deadline = time.monotonic() + args.deadline if args.deadline else None
     results = [run_job(job, out, args.data_root.resolve(), deadline) for job in jobs]
     record = {
@@ -505,6 +502,7 @@ def main() -> int:
         "settings": budget.__dict__,
         "images_seen": budget.images_seen(),
         "machine": machine(),
+        "loadavg_start": load_start,
         "loadavg_end": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
         "seconds": round(time.perf_counter() - started, 1),
         "runs": results,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sslmed.metrics import metrics
 from sslmed.comparisons import compare, gain_lines, interval
+from sslmed.metrics import metrics
 
 
 def _proba(y: np.ndarray, correct: float, rng: np.random.Generator, n_classes: int = 2) -> np.ndarray:
@@ -87,8 +87,8 @@ def test_binary_metrics_report_sensitivity_and_specificity():
 
 
 def test_fast_metrics_agree_with_the_report():
-    from sslmed.metrics import metric_values
     from sslmed.comparisons import _value
+    from sslmed.metrics import metric_values
 
     rng = np.random.default_rng(4)
     y = rng.integers(0, 3, 200)
