@@ -7,7 +7,7 @@ RECIPE ?= recipes/quickstart.yaml
 # exactly these: the CUDA builds that run on CPU too (see README)
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup run test test-fast bench docs docs-serve clean
+.PHONY: setup run test test-fast lint bench docs docs-serve clean
 
 $(BIN)/sslmed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

@@ -150,7 +150,8 @@ def test_split_file_that_does_not_match(tmp_path: Path) -> None:
     path.write_text("path,split\n0.png,train\n1.png,test\n9.png,train\n")
     with pytest.raises(
         DataError,
-        match=r"does not match the data: 2 image\(s\) of the data are not in it .*lists 1 image\(s\) the data does not have",
+        match=r"does not match the data: 2 image\(s\) of the data are not in it "
+        r".*lists 1 image\(s\) the data does not have",
     ):
         apply_split_file(records, path)
     path.write_text("file,split\n")

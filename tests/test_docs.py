@@ -293,7 +293,8 @@ def check_output(block: Block, output: str | None) -> None:
         pattern = ".*".join(re.escape(part) for part in line.strip().split("..."))
         if not re.search(pattern, output):
             pytest.fail(
-                f"{where}: the page shows output that the command no longer prints:\n  {line.strip()}\n--- actual output\n{output[-3000:]}"
+                f"{where}: the page shows output that the command no longer prints:\n  {line.strip()}\n"
+                f"--- actual output\n{output[-3000:]}"
             )
 
 

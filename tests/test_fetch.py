@@ -265,8 +265,8 @@ def test_run_on_missing_data_names_the_datasets_and_the_command(tmp_path: Path) 
     result = CliRunner().invoke(cli, ["validate", str(recipe), "--set", f"data_root={empty}"])
     assert result.exit_code == 1
     assert (
-        f"dataset(s) pneumoniamnist, covid3 not in the data root {empty}: fetch them with "
-        f"`sslmed data fetch pneumoniamnist covid3 --root {empty}`" in result.output
+        f"dataset(s) covid3, cxr_corpus not in the data root {empty}: fetch them with "
+        f"`sslmed data fetch covid3 cxr_corpus --root {empty}`" in result.output
     )
 
 
@@ -278,7 +278,7 @@ def test_catalogue_covers_every_dataset_the_recipes_read() -> None:
     for path in recipes.glob("[!_]*.yaml"):
         loaded, _ = load_recipe_file(path)
         read |= set(catalog.datasets_for_recipe(loaded))
-    assert read == {"pneumoniamnist", "covid3", "covid_extra_hannover", "covid_extra_cxnet"}
+    assert read == {"pneumoniamnist", "covid3", "covid_extra_hannover", "covid_extra_cxnet", "cxr_corpus", "kermany"}
     for entry in CATALOG.values():
         assert entry.licence and entry.citation and entry.source.startswith("https://")
         for item in entry.downloads:
@@ -297,7 +297,7 @@ def test_manifest_says_which_copy_a_run_used(server, tmp_path: Path) -> None:
         catalog=serve(served, base, "pneumoniamnist", (DATA / "pneumoniamnist" / "pneumoniamnist.npz").read_bytes()),
     )
     link_shared(root, "covid3")
-    recipe, _ = load_recipe_file(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
+    recipe, _ = load_recipe_file(Path(__file__).resolve().parents[1] / "recipes" / "crsm_transfer.yaml")
     copies = catalog.data_copies(recipe.model_copy(update={"data_root": str(root)}))
     assert copies["data_root"] == str(root)
     assert copies["datasets"]["pneumoniamnist"]["origin"] == "fetched by sslmed data fetch"
