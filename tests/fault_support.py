@@ -125,7 +125,7 @@ def run_and_kill(recipe: str, runs_dir: str, point: str, when: int) -> None:
     """
     import sslmed.checkpoints
     import sslmed.engine
-    import sslmed.runner
+    import sslmed.evaluation
     from sslmed.default_plugins.simclr import SimCLRMethod
     from sslmed.runner import run_recipe
 
@@ -169,14 +169,14 @@ def run_and_kill(recipe: str, runs_dir: str, point: str, when: int) -> None:
 
         sslmed.checkpoints.os.replace = replace
     elif point == "evaluation":
-        original_rows = sslmed.runner.probe_rows
+        original_rows = sslmed.evaluation.probe_rows
 
         def probe_rows(*args: Any, **kwargs: Any) -> Any:
             if reached():
                 _kill()
             return original_rows(*args, **kwargs)
 
-        sslmed.runner.probe_rows = probe_rows
+        sslmed.evaluation.probe_rows = probe_rows
     resume = "latest" if (Path(runs_dir) / "faulty").is_dir() else None
     run_recipe(recipe, runs_dir=runs_dir, resume=resume, progress=False)
 
