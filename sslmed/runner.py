@@ -105,7 +105,7 @@ def resolve_resume(recipe: Recipe, runs_dir: Path, resume: str) -> Path:
             raise UsageError(f"--resume {resume}: not a run folder (no recipe.yaml)")
     for folder in (run.path, run.model_dir):  # results or a model export killed before its rename
         remove_partial_files(folder)
-    saved = run.read_recipe_document()
+    saved = recipe_document(run.load_recipe()[0])  # validated: settings added since then take their defaults
     current = recipe_document(recipe)
     if saved != current:
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))

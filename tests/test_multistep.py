@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from sslmed import plugins
@@ -87,6 +88,12 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_recipe, tmp_path,
     # a changed recipe may not continue that run
     with pytest.raises(UsageError, match="differs"):
         run_recipe(recipe, overrides=("steps.1.epochs=3",), runs_dir=runs, resume="latest")
+
+    # a run started by an older sslmed lacks settings added since: they take their defaults
+    saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    for step in saved["steps"]:
+        del step["augment_on"]
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
 
     FAIL_AT_STEP["step"] = -1
     recording.clear()
