@@ -35,9 +35,9 @@ import torch
 
 from sslmed.cache import CachedImageDataset, ensure_cache
 from sslmed.data import ImageDataset, resolve_data_root
+from sslmed.default_plugins.backbones import ResNetBackbone
 from sslmed.default_plugins.datasets import CsvArgs, build_csv
 from sslmed.default_plugins.simclr import SimCLRArgs, SimCLRMethod
-from sslmed.models import ResNetBackbone
 from sslmed.plugins import get_registry
 from sslmed.transforms import build_batched_pipeline, build_view_pipeline
 
