@@ -208,12 +208,41 @@ class SupervisedModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    weight_decay = 1e-4
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: one learning rate for all here."""
+        return [{"params": self.parameters(), "lr": self.lr}]
+
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
+        optimizer = torch.optim.AdamW(self.param_groups(), weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, int(self.trainer.estimated_stepping_batches))
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def training_loader(
+    train: LabelledSplit,
+    fraction: float,
+    seed: int,
+    image_size: int,
+    in_channels: int,
+    batch_size: int,
+    min_scale: float = 0.6,
+) -> torch.utils.data.DataLoader:
+    """A shuffled, augmented loader over a class-stratified ``fraction`` of ``train``
+    (random-resized crop and flip): what end-to-end training of a backbone reads."""
+    chosen = train.task.subsample(train.labels, fraction, seed)
+    subset = LabelledSplit(train.source, [train.records[i] for i in chosen])
+    augment = v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            eval_transform(image_size, in_channels),
+        ]
+    )
+    return subset.loader(augment, in_channels, min(batch_size, len(subset.records)), shuffle=True)
 
 
 def supervised_proba(
@@ -230,17 +259,7 @@ def supervised_proba(
     """Train ``backbone`` from scratch on the labels, return test probabilities."""
     L.seed_everything(seed, workers=True, verbose=False)
     task = train.task
-    chosen = task.subsample(train.labels, fraction, seed)
-    subset = LabelledSplit(train.source, [train.records[i] for i in chosen])
-    augment = v2.Compose(
-        [
-            v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            eval_transform(image_size, in_channels),
-        ]
-    )
-    batch_size = min(settings.batch_size, len(subset.records))
-    loader = subset.loader(augment, in_channels, batch_size, shuffle=True)
+    loader = training_loader(train, fraction, seed, image_size, in_channels, settings.batch_size)
     module = SupervisedModule(backbone, n_classes, settings.lr, task)
     trainer = L.Trainer(
         max_epochs=settings.epochs,

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from sklearn.metrics import balanced_accuracy_score
-from torchvision.transforms import v2
 
 from sslmed.calibration import calibrate
-from sslmed.evaluation import LabelledSplit, SupervisedModule, device
+from sslmed.evaluation import LabelledSplit, SupervisedModule, device, training_loader
 from sslmed.models import Backbone
 from sslmed.recipe import EvaluationSettings, FineTuneSettings
 from sslmed.tasks import MULTICLASS
@@ -41,6 +40,7 @@ class FineTuneModule(SupervisedModule):
     def __init__(self, backbone: Backbone, n_classes: int, settings: FineTuneSettings) -> None:
         super().__init__(backbone, n_classes, settings.lr)  # multi-class: softmax, cross-entropy
         self.settings = settings
+        self.weight_decay = settings.weight_decay
         self.best_score = -np.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -59,16 +59,11 @@ class FineTuneModule(SupervisedModule):
             self.best_score = score
             self.best_state = copy.deepcopy(self.state_dict())
 
-    def configure_optimizers(self) -> Any:
-        groups = [
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [
             {"params": self.backbone.parameters(), "lr": self.settings.lr * self.settings.backbone_lr_ratio},
             {"params": self.head.parameters(), "lr": self.settings.lr},
         ]
-        optimizer = torch.optim.AdamW(groups, weight_decay=self.settings.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, int(self.trainer.estimated_stepping_batches))
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def finetune_proba(
@@ -87,17 +82,7 @@ def finetune_proba(
     class-stratified ``fraction`` of ``train``; return test probabilities and what
     happened (epochs run, best validation balanced accuracy)."""
     L.seed_everything(seed, workers=True, verbose=False)
-    chosen = train.task.subsample(train.labels, fraction, seed)
-    subset = LabelledSplit(train.source, [train.records[i] for i in chosen])
-    augment = v2.Compose(
-        [
-            v2.RandomResizedCrop(image_size, scale=(settings.min_scale, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            eval_transform(image_size, in_channels),
-        ]
-    )
-    batch_size = min(settings.batch_size, len(subset.records))
-    loader = subset.loader(augment, in_channels, batch_size, shuffle=True)
+    loader = training_loader(train, fraction, seed, image_size, in_channels, settings.batch_size, settings.min_scale)
     val_loader = val.loader(eval_transform(image_size, in_channels), in_channels, 256) if val else None
     module = FineTuneModule(backbone, n_classes, settings)
     callbacks = []
