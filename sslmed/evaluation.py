@@ -245,6 +245,22 @@ def training_loader(
     return subset.loader(augment, in_channels, min(batch_size, len(subset.records)), shuffle=True)
 
 
+def evaluation_trainer(epochs: int, max_steps: int, **options: Any) -> L.Trainer:
+    """A one-device Trainer that writes nothing (no logs, checkpoints or progress bar):
+    what end-to-end evaluation training (supervised reference, fine-tuning) runs on."""
+    return L.Trainer(
+        max_epochs=epochs,
+        max_steps=max_steps,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        **options,
+    )
+
+
 def supervised_proba(
     backbone: Backbone,
     train: LabelledSplit,
@@ -261,16 +277,7 @@ def supervised_proba(
     task = train.task
     loader = training_loader(train, fraction, seed, image_size, in_channels, settings.batch_size)
     module = SupervisedModule(backbone, n_classes, settings.lr, task)
-    trainer = L.Trainer(
-        max_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-    )
+    trainer = evaluation_trainer(settings.epochs, settings.max_steps)
     trainer.fit(module, loader)
     module.eval().to(device())
     chunks = []

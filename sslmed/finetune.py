@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from sklearn.metrics import balanced_accuracy_score
 
 from sslmed.calibration import calibrate
-from sslmed.evaluation import LabelledSplit, SupervisedModule, device, training_loader
+from sslmed.evaluation import LabelledSplit, SupervisedModule, device, evaluation_trainer, training_loader
 from sslmed.models import Backbone
 from sslmed.recipe import EvaluationSettings, FineTuneSettings
 from sslmed.tasks import MULTICLASS
@@ -96,18 +96,7 @@ def finetune_proba(
             check_on_train_epoch_end=False,
         )
         callbacks.append(stop)
-    trainer = L.Trainer(
-        max_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = evaluation_trainer(settings.epochs, settings.max_steps, callbacks=callbacks, num_sanity_val_steps=0)
     trainer.fit(module, loader, val_loader)
     if module.best_state is not None:  # early stopping: score the best validation epoch, not the last
         module.load_state_dict(module.best_state)
