@@ -56,17 +56,29 @@ METHODS = {  # method -> the shipped recipe its objective and augmentations come
     "simclr_mdre": "simclr_mdre",
     "crsm": "crsm",
 }
-MULTISTEP = ("simclr", "crsm")
+MULTISTEP = ("simclr", "crsm")  # the methods pre-trained on the corpus (multi-step and transfer rows)
 TARGETS = ("covid3", "kermany")
 
 DATA = {
+    # the corpus less every image also in a target set (matched by path, patient and content)
     "cxr_corpus": {
-        "name": "csv",
-        "path": "cxr_corpus",
-        "label_column": None,
-        "test_size": 0,
-        "val_size": 0,
-        "verify": False,
+        "name": "union",
+        "sources": [
+            {
+                "dataset": {
+                    "name": "csv",
+                    "path": "cxr_corpus",
+                    "label_column": None,
+                    "test_size": 0,
+                    "val_size": 0,
+                    "verify": False,
+                }
+            },
+        ],
+        "exclude": [
+            {"dataset": {"name": "csv", "path": name}}
+            for name in ("covid3", "covid_extra_cxnet", "covid_extra_hannover", "kermany")
+        ],
     },
     "covid3": {
         "name": "csv",
@@ -120,10 +132,10 @@ class Budget:
 BUDGETS = {
     # checks that the whole grid runs; numbers mean nothing
     "smoke": Budget(16, 16, 1, 2, 1, 2, [0.1, 1.0], {"epochs": 1, "max_steps": 2, "batch_size": 16}, [0.1]),
-    # a 2-core CPU: 64 px; the corpus seen about twice (400 x 128 images), 150 steps on the target
-    "cpu": Budget(
-        64, 128, 3, 400, 30, 150, [0.01, 0.1, 1.0], {"epochs": 10, "batch_size": 64, "patience": 3}, [0.01, 0.1]
-    ),
+    # a 2-core CPU in about two hours for the whole grid (3 seeds): 64 px; 100 corpus steps of 128
+    # images (12,800 images, 0.57 of an epoch), 30 target steps (3,840 images); fine-tuning at 10%
+    # of the labels, at most 4 epochs (at 100% it would take ~4 min per seed on kermany alone)
+    "cpu": Budget(64, 128, 1, 100, 30, 30, [0.01, 0.1, 1.0], {"epochs": 4, "batch_size": 64, "patience": 2}, [0.1]),
     # what one busy shared 2-core CPU session allowed (2026-11-27, load 17-34): 32 px, the corpus seen
     # 60 x 128 = 7,680 times (a third of one epoch), transfer rows only, fine-tuning at 10% of the labels
     "cpu-session": Budget(32, 128, 3, 60, 1, 0, [0.1, 1.0], {"epochs": 5, "batch_size": 64, "patience": 2}, [0.1]),
@@ -172,17 +184,22 @@ def step_doc(name: str, data: str, method: str, budget: Budget, seed: int, corpu
     }
 
 
-def evaluation_doc(target: str, budget: Budget, seed: int, finetune: bool) -> dict[str, Any]:
+def evaluation_doc(target: str, budget: Budget, seed: int, reference: bool) -> dict[str, Any]:
+    """Linear probes at the budget's label fractions; the reference rows (random init,
+    raw pixels, supervised) and fine-tuning only where ``reference`` says so."""
     doc: dict[str, Any] = {
         "data": target,
         "probes": ["linear"],
         "label_fractions": budget.fractions,
-        "baselines": ["random_init", "raw_pixels"] + (["supervised"] if budget.supervised else []),
+        "baselines": (["random_init", "raw_pixels"] + (["supervised"] if budget.supervised else []))
+        if reference
+        else [],
         "seed": seed,
+        "trust": False,  # no calibration or OOD score: these models are compared, never served
         **budget.eval_extra,
     }
-    if finetune and budget.finetune:
-        doc["finetune"] = budget.finetune
+    if reference and budget.finetune:
+        doc["finetune"] = {**budget.finetune, "label_fractions": budget.finetune_fractions}
     return doc
 
 
@@ -201,10 +218,17 @@ class Job:
 
 
 def plan(out: Path, budget: Budget, methods: list[str], targets: list[str], seeds: list[int]) -> list[Job]:
-    """Corpus runs first (one per method and seed), then every target run."""
+    """Seed by seed: the corpus runs (one per multi-step method), then every target run.
+
+    The single-step rows of every method train on the target from random init; SimCLR
+    and CRSM are also pre-trained on the corpus once per seed, and that export is both
+    probed as is (``transfer``) and trained further on each target (``multistep``). The
+    reference rows (random init, raw pixels) and the fine-tuning comparison are
+    computed once per target and seed, in the SimCLR transfer run."""
     jobs: list[Job] = []
-    for method in methods:
-        for seed in seeds:
+    corpus_methods = [m for m in methods if m in MULTISTEP]
+    for seed in seeds:  # seed by seed: a grid stopped by its deadline has whole seeds
+        for method in corpus_methods:
             jid = f"corpus__{method}__seed{seed}"
             recipe = {
                 "name": jid,
@@ -212,24 +236,23 @@ def plan(out: Path, budget: Budget, methods: list[str], targets: list[str], seed
                 "steps": [step_doc("corpus", "cxr_corpus", method, budget, seed, corpus=True)],
             }
             jobs.append(Job(jid, recipe, out / "runs" / jid, "corpus", method, None, seed))
-    for target in targets:
-        for method in methods:
-            for seed in seeds:
+        for target in targets:
+            for method in methods:
                 corpus_export = out / "runs" / f"corpus__{method}__seed{seed}" / "steps" / "corpus"
-                kinds = ["transfer", "single"] + (["multistep"] if method in MULTISTEP else [])
+                kinds = (["transfer", "multistep"] if method in corpus_methods else []) + ["single"]
                 for kind in kinds:
                     step = step_doc("target", target, method, budget, seed, corpus=False)
                     if kind != "single":
                         step["init_from"] = str(corpus_export)
                     if kind == "transfer":
                         step["max_steps"] = 0  # the corpus export probed as is
+                    reference = kind == "transfer" and method == REFERENCE_METHOD
                     jid = f"{target}__{method}__{kind}__seed{seed}"
                     recipe = {
                         "name": f"{method}_{kind}",
                         "data": {target: DATA[target]},
                         "steps": [step],
-                        # fine-tuning for the transfer rows: the corpus export vs the same network from random init
-                        "evaluation": evaluation_doc(target, budget, seed, finetune=kind == "transfer"),
+                        "evaluation": evaluation_doc(target, budget, seed, reference=reference),
                     }
                     needs = corpus_export if kind != "single" else None
                     jobs.append(Job(jid, recipe, out / "runs" / jid, kind, method, target, seed, needs))
@@ -291,6 +314,8 @@ CLAIMS = [
     ("crsm/multistep", "raw pixels", "CRSM multi-step beats raw pixels"),
 ]
 REFERENCE_MODELS = {"random init": "random_init", "raw pixels": "raw_pixels"}
+METRIC_HEADERS = {"macro_auc": "macro AUC", "recall:0": "COVID-19 recall", "sensitivity": "sensitivity (pneumonia)"}
+REFERENCE_METHOD = "simclr"  # the transfer runs of this method also compute the reference rows
 
 
 def predictions_by_seed(
@@ -303,7 +328,7 @@ def predictions_by_seed(
         if entry.get("target") != target or not entry.get("run_dir"):
             continue
         if label in REFERENCE_MODELS:
-            if entry["kind"] != "transfer" or entry["method"] != "simclr":
+            if entry["kind"] != "transfer" or entry["method"] != REFERENCE_METHOD:
                 continue
             row = _pick(_rows(Path(entry["run_dir"])), REFERENCE_MODELS[label], probe, fraction)
         else:
@@ -334,6 +359,8 @@ def summary(results: list[dict[str, Any]], budget: Budget, samples: int) -> str:
             metric_names = ["balanced_accuracy", "macro_auc"]
             if target == "kermany":
                 metric_names += ["accuracy", "sensitivity", "specificity"]
+            if target == "covid3":
+                metric_names += ["recall:0"]  # classes in order: Covid-19, No_findings, Pneumonia
             table = []
             for label in labels:
                 found = predictions_by_seed(results, target, label, probe, fraction)
@@ -350,7 +377,9 @@ def summary(results: list[dict[str, Any]], budget: Budget, samples: int) -> str:
             lines += [
                 f"### {target}: {probe}, {fraction:.0%} of the labels",
                 "",
-                "| row | seeds | " + " | ".join(m.replace("_", " ") for m in metric_names) + " |",
+                "| row | seeds | "
+                + " | ".join(METRIC_HEADERS.get(m, m.replace("_", " ")) for m in metric_names)
+                + " |",
                 "|---|---|" + "---|" * len(metric_names),
                 *table,
                 "",
@@ -387,6 +416,14 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def write_report(out: Path, run_dirs: list[str]) -> None:
+    """``sslmed report`` over the finished target runs, into ``out/report``."""
+    if run_dirs:
+        labels = REPO / "bench" / "grid_labels.yaml"
+        command = ["report", *run_dirs, "--out", str(out / "report"), "--labels", str(labels), "--title", "thesis grid"]
+        subprocess.call([sys.executable, "-m", "sslmed.cli", "-q", *command], cwd=REPO)
+
+
 # ------------------------------------------------------------------ the sweep
 
 SWEEP = {  # method -> setting -> values tried (dotted keys inside the step)
@@ -411,45 +448,68 @@ def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _get(doc: dict[str, Any], dotted: str) -> Any:
+    node: Any = doc
+    for part in dotted.split("."):
+        node = node[int(part)] if part.isdigit() else node[part]
+    return node
+
+
 def sweep_jobs(out: Path, budget: Budget, target: str, seeds: list[int]) -> list[Job]:
-    """One job per (method, setting, value, seed): trained on train, probe scored on val."""
+    """One job per (method, setting, value, seed): trained on train, probe scored on val.
+    A value equal to the shipped default is one run per method and seed (``default``)."""
     jobs = []
     for method, settings in SWEEP.items():
-        for key, values in settings.items():
-            for value in values:
-                for seed in seeds:
-                    step = step_doc("target", target, method, budget, seed, corpus=False)
+        for seed in seeds:
+            shipped = step_doc("target", target, method, budget, seed, corpus=False)
+            variants: list[tuple[str, dict[str, Any]]] = [("default", shipped)]
+            for key, values in settings.items():
+                for value in values:
+                    if value == _get(shipped, key):
+                        continue
+                    step = json.loads(json.dumps(shipped))
                     _set(step, key, value)
-                    jid = f"sweep__{target}__{method}__{key}={value}__seed{seed}"
-                    evaluation = {
-                        "data": target,
-                        "probes": ["linear"],
-                        "label_fractions": [1.0],
-                        "baselines": [],
-                        "test_split": "val",  # never the test split
-                        "seed": seed,
-                    }
-                    recipe = {
-                        "name": "sweep",
-                        "data": {target: DATA[target]},
-                        "steps": [step],
-                        "evaluation": evaluation,
-                    }
-                    jobs.append(Job(jid, recipe, out / "runs" / jid, f"{key}={value}", method, target, seed))
+                    variants.append((f"{key}={value}", step))
+            for setting, step in variants:
+                jid = f"sweep__{target}__{method}__{setting}__seed{seed}"
+                evaluation = {
+                    "data": target,
+                    "probes": ["linear"],
+                    "label_fractions": [1.0],
+                    "baselines": [],
+                    "test_split": "val",  # never the test split
+                    "seed": seed,
+                    **budget.eval_extra,
+                }
+                recipe = {"name": "sweep", "data": {target: DATA[target]}, "steps": [step], "evaluation": evaluation}
+                jobs.append(Job(jid, recipe, out / "runs" / jid, setting, method, target, seed))
     return jobs
 
 
 def sweep_summary(results: list[dict[str, Any]]) -> str:
-    """``sweep.md``: validation balanced accuracy per setting, mean over seeds."""
-    scores: dict[tuple[str, str], list[float]] = {}
+    """``sweep.md``: validation balanced accuracy and macro AUC per setting (mean over
+    seeds), best first within each method, with the difference from the shipped default."""
+    scores: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for entry in results:
         if entry.get("run_dir"):
             row = _pick(_rows(Path(entry["run_dir"])), "pretrained", "linear", 1.0)
             if row:
-                scores.setdefault((entry["method"], entry["kind"]), []).append(row["balanced_accuracy"])
-    lines = ["| method | setting | val balanced accuracy (mean over seeds) | seeds |", "|---|---|---|---|"]
-    for (method, setting), values in sorted(scores.items(), key=lambda kv: (kv[0][0], -sum(kv[1]) / len(kv[1]))):
-        lines.append(f"| {method} | {setting} | {sum(values) / len(values):.3f} | {len(values)} |")
+                value = (row["balanced_accuracy"], row.get("macro_auc", float("nan")))
+                scores.setdefault((entry["method"], entry["kind"]), []).append(value)
+
+    def mean(values: list[tuple[float, float]], i: int) -> float:
+        return sum(v[i] for v in values) / len(values)
+
+    lines = [
+        "| method | setting | val balanced accuracy | vs default | val macro AUC | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (method, setting), values in sorted(scores.items(), key=lambda kv: (kv[0][0], -mean(kv[1], 0))):
+        default = scores.get((method, "default"))
+        delta = f"{mean(values, 0) - mean(default, 0):+.3f}" if default else "-"
+        lines.append(
+            f"| {method} | {setting} | {mean(values, 0):.3f} | {delta} | {mean(values, 1):.3f} | {len(values)} |"
+        )
     return "\n".join(lines)
 
 
@@ -489,7 +549,8 @@ def main() -> int:
         results = [{**record, "kind": j.kind, "method": j.method, "target": j.target, "seed": j.seed,
                     "run_dir": str(j.run_dir)} for j in done]  # fmt: skip
         (out / "grid.md").write_text(summary(results, budget, args.bootstrap) + "\n")
-        print(f"{len(done)} finished runs -> {out / 'grid.md'}")
+        write_report(out, [str(j.run_dir) for j in done])
+        print(f"{len(done)} finished runs -> {out / 'grid.md'}, {out / 'report'}")
         return 0
     print(f"{len(jobs)} runs, budget {args.budget}: {budget} -> {out}", flush=True)
     started = time.perf_counter()
@@ -512,11 +573,7 @@ def main() -> int:
         (out / "sweep.md").write_text(sweep_summary(results) + "\n")
     else:
         (out / "grid.md").write_text(summary(results, budget, args.bootstrap) + "\n")
-        finished = [e["run_dir"] for e in results if e.get("run_dir") and e["kind"] != "corpus"]
-        if finished:
-            subprocess.call(
-                [sys.executable, "-m", "sslmed.cli", "-q", "report", *finished, "--out", str(out / "report")]
-            )
+        write_report(out, [e["run_dir"] for e in results if e.get("run_dir") and e["kind"] != "corpus"])
     failed = [e for e in results if str(e["status"]).startswith("FAILED")]
     print(f"{len(results) - len(failed)} of {len(results)} runs ok or skipped in {record['seconds']:.0f} s", flush=True)
     return 1 if failed else 0

@@ -342,7 +342,7 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
         result.rows += probed.rows
         if model == name:
             result.linear = probed.linear
-            if probed.linear is not None and task.name == MULTICLASS.name:
+            if settings.trust and probed.linear is not None and task.name == MULTICLASS.name:
                 log.info("evaluation: calibrating the linear probe and fitting the out-of-distribution score")
                 result.trust = fit_trust(
                     probed.linear,

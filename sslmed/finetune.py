@@ -136,7 +136,7 @@ def finetune_rows(
     so each fraction starts from the same weights."""
     assert settings.finetune is not None
     rows = []
-    for fraction in settings.label_fractions:
+    for fraction in settings.finetune.label_fractions or settings.label_fractions:
         for name, make in models.items():
             log.info("evaluation: fine-tuning %s on %.0f%% of the labels", name, 100 * fraction)
             proba, info = finetune_proba(

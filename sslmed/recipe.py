@@ -164,6 +164,16 @@ class FineTuneSettings(_Strict):
     weight_decay: Float = Field(1e-4, ge=0)
     patience: Int = Field(3, ge=1, description="epochs without a better validation balanced accuracy before stopping")
     min_scale: Float = Field(0.6, gt=0, le=1, description="random-resized-crop scale of the training images")
+    label_fractions: list[Float] | None = Field(
+        None, description="fractions of the training labels fine-tuned on (default: the evaluation's label_fractions)"
+    )
+
+    @pydantic.field_validator("label_fractions")
+    @classmethod
+    def _fractions_in_range(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or any(not 0 < f <= 1 for f in value)):
+            raise ValueError("each label fraction must be in (0, 1], and at least one is needed")
+        return value
 
 
 class EvaluationSettings(_Strict):
@@ -183,6 +193,11 @@ class EvaluationSettings(_Strict):
     knn_k: Int = Field(20, ge=1)
     batch_size: Int = Field(128, ge=1)
     seed: Int = 0
+    trust: bool = Field(
+        True,
+        description="calibrate the exported linear probe and fit its out-of-distribution score "
+        "(multi-class); off for experiment grids whose models are never served",
+    )
 
     @pydantic.field_validator("label_fractions")
     @classmethod

@@ -137,3 +137,20 @@ def test_predict_with_a_folder_that_is_no_model(tmp_path):
     result = invoke("predict", str(tmp_path), "x.png")
     assert result.exit_code == 1
     assert "no exported model here" in result.output
+
+
+@pytest.mark.slow
+def test_evaluation_without_trust_exports_an_uncalibrated_model(tiny_recipe, data_dir, tmp_path):
+    """``evaluation.trust: false`` (experiment grids): no calibration, no OOD score, and
+    the model says so instead of pretending."""
+    recipe = tiny_recipe(steps=1, extra="")
+    recipe.write_text(recipe.read_text().replace("  baselines: []\n", "  baselines: []\n  trust: false\n"))
+    result = invoke("-q", "run", str(recipe), "--runs-dir", str(tmp_path / "runs"))
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "runs" / "tiny").iterdir())
+    assert "Calibration of the exported linear probe" not in (run / "results.md").read_text()
+    model = json.loads((run / "model" / "model.json").read_text())
+    assert not model.get("calibration") and not model.get("ood")
+    image = next((data_dir / "covid3" / "images" / "Pneumonia").iterdir())
+    answer = json.loads(CliRunner().invoke(cli, ["predict", str(run), str(image)]).stdout)[str(image)]
+    assert answer["calibrated"] is False

@@ -171,8 +171,9 @@ def make_small_data(real: Path, dest: Path) -> None:
         ]
         others = [r for r in rows if r not in first]
         for row in first + others:  # distinct patients first, so that splits have groups to share out
-            if counts.get(row["label"], 0) < PER_CLASS:
-                counts[row["label"]] = counts.get(row["label"], 0) + 1
+            key = (row["label"], row.get("split"))  # sets with official splits keep each of them
+            if counts.get(key, 0) < PER_CLASS:
+                counts[key] = counts.get(key, 0) + 1
                 kept.append(row)
         (dest / folder.name / "images").mkdir(parents=True)
         with open(dest / folder.name / "labels.csv", "w", newline="", encoding="utf-8") as handle:

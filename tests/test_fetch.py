@@ -265,8 +265,9 @@ def test_run_on_missing_data_names_the_datasets_and_the_command(tmp_path: Path) 
     result = CliRunner().invoke(cli, ["validate", str(recipe), "--set", f"data_root={empty}"])
     assert result.exit_code == 1
     assert (
-        f"dataset(s) covid3, cxr_corpus not in the data root {empty}: fetch them with "
-        f"`sslmed data fetch covid3 cxr_corpus --root {empty}`" in result.output
+        f"dataset(s) covid3, covid_extra_hannover, covid_extra_cxnet, cxr_corpus, kermany not in the data "
+        f"root {empty}: fetch them with `sslmed data fetch covid3 covid_extra_hannover covid_extra_cxnet "
+        f"cxr_corpus kermany --root {empty}`" in result.output
     )
 
 

@@ -65,6 +65,26 @@ def test_finetune_rows_for_both_networks_with_sensitivity_and_specificity(kerman
     assert rows[0]["train_images"] < rows[2]["train_images"] == len(small["train"].records)
 
 
+def test_finetuning_can_use_fewer_label_fractions_than_the_probes(kermany_splits):
+    """Fine-tuning costs far more than a probe: its own label_fractions limit it."""
+    source, splits = kermany_splits
+    small = {name: LabelledSplit(source, split.records[::80]) for name, split in splits.items()}
+    registry = get_registry()
+
+    def fresh():
+        return registry.build("backbone", {"name": "resnet18", "small_input": True}, in_channels=1)
+
+    settings = EvaluationSettings(
+        data="kermany",
+        label_fractions=[0.5, 1.0],
+        finetune=FineTuneSettings(epochs=1, batch_size=8, patience=1, label_fractions=[0.5]),
+    )
+    rows = finetune_rows({"sslmed:x": fresh}, small, source.classes, 16, 1, settings)
+    assert [r["label_fraction"] for r in rows] == [0.5]
+    with pytest.raises(ValueError, match="label fraction"):
+        FineTuneSettings(label_fractions=[0.0])
+
+
 def test_backbone_learns_at_a_fraction_of_the_head_rate():
     backbone = get_registry().build("backbone", {"name": "resnet18", "small_input": True}, in_channels=1)
     module = FineTuneModule(backbone, 2, FineTuneSettings(lr=0.01, backbone_lr_ratio=0.1))

@@ -119,3 +119,37 @@ def test_shipped_recipes_use_a_corpus_without_the_target(data_dir: Path):
     corpus = sources["corpus_no_pneumoniamnist"]
     assert {p["path"] for p in corpus.details["sources"]} == {"covid3", "covid_extra_cxnet", "covid_extra_hannover"}
     assert recipe.evaluation is not None and recipe.evaluation.data == "pneumoniamnist"
+
+
+def test_excludes_the_same_radiograph_stored_under_another_name(data_dir: Path):
+    """cxr_corpus holds copies of covid3 and covid_extra_* radiographs under other file
+    names: path and patient cannot catch them, the content hash must."""
+    from sslmed.default_plugins.union import content_key
+
+    corpus_spec = {"name": "csv", "path": "cxr_corpus", "label_column": None, "test_size": 0, "val_size": 0}
+    corpus_spec["verify"] = False
+    cxnet = {"name": "csv", "path": "covid_extra_cxnet"}
+    pooled = build(
+        {"name": "union", "sources": [{"dataset": corpus_spec}], "exclude": [{"dataset": COVID3}, {"dataset": cxnet}]},
+        data_dir,
+    )
+    # the shared copy's corpus repeats 38 covid3 and 67 covid_extra_cxnet radiographs
+    assert pooled.details["excluded_by_path"] == 0
+    assert pooled.details["excluded_by_content"] >= 100
+    assert len(pooled.records("train")) == 22548 - pooled.details["excluded_by_content"]
+    excluded = {
+        content_key(s, r.ref) for s in (build(COVID3, data_dir), build(cxnet, data_dir)) for r in s.records("all")
+    }
+    kept = {content_key(pooled, r.ref) for r in pooled.records("train")}
+    assert not excluded & kept
+    # switched off, the copies stay
+    kept_all = build(
+        {
+            "name": "union",
+            "sources": [{"dataset": corpus_spec}],
+            "exclude": [{"dataset": COVID3}],
+            "exclude_duplicates": False,
+        },
+        data_dir,
+    )
+    assert len(kept_all.records("train")) == 22548

@@ -3,8 +3,9 @@
 Each source is an ordinary dataset spec (``{name: csv, path: covid3, ...}``) built
 through the registry, with the split(s) to take from it. Images of an excluded split of
 another source (typically the target set's test split) are removed, matched by resolved
-file path (or array index, for array-backed sets) *and* by patient id, so that no test
-image and no test patient reaches pre-training. The corpus has one split, ``train``;
+file path (or array index, for array-backed sets), by patient id, and by content (the
+16x16 average hash: the same radiograph stored twice, under other names or in another
+collection), so that no test image and no test patient reaches pre-training. The corpus has one split, ``train``;
 its records are unlabelled and refer to their source as ``"<source index>:<ref>"``.
 """
 
@@ -16,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from sslmed.data import UNLABELLED, ImageRecord, ImageSource
 from sslmed.errors import DataError
 from sslmed.hookspecs import hookimpl
+from sslmed.inspection import average_hash
 from sslmed.registry import Nested
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,20 @@ class UnionArgs(BaseModel):
         [], description="splits whose images and patients must not be in the corpus (e.g. the target's test split)"
     )
     exclude_patients: bool = Field(True, description="also drop every image of a patient found in an excluded split")
+    exclude_duplicates: bool = Field(
+        True,
+        description="also drop every image whose 16x16 average hash equals an excluded image's "
+        "(the same radiograph under another name; costs one read of every image)",
+    )
+
+
+def content_key(source: ImageSource, ref: str | int) -> bytes | None:
+    """The 16x16 average hash of an image, packed; ``None`` for an image that cannot be
+    read (the training loader reports it, with its file, when it reaches it)."""
+    try:
+        return np.packbits(average_hash(source.read(ref, "L"))).tobytes()
+    except (OSError, ValueError, DataError):
+        return None
 
 
 def record_key(source: ImageSource, ref: str | int) -> str:
@@ -89,14 +106,17 @@ def build_union(args: UnionArgs, *, data_root: Path, build: Callable[..., Any], 
     """Several datasets pooled into one unlabelled corpus, an excluded split removed."""
     excluded_keys: set[str] = set()
     excluded_patients: set[str] = set()
+    excluded_content: set[bytes] = set()
     for index, part in enumerate(args.exclude):
         source = _build(build, part.dataset, data_root, f"exclude[{index}]")
         for record in source.records(part.split):
             excluded_keys.add(record_key(source, record.ref))
             if record.patient_id:
                 excluded_patients.add(str(record.patient_id))
+            if args.exclude_duplicates and (content := content_key(source, record.ref)) is not None:
+                excluded_content.add(content)
     records, readers, parts = [], [], []
-    dropped_path = dropped_patient = 0
+    dropped_path = dropped_patient = dropped_content = 0
     for index, part in enumerate(args.sources):
         source = _build(build, part.dataset, data_root, f"sources[{index}]")
         readers.append(source.read)
@@ -107,6 +127,9 @@ def build_union(args: UnionArgs, *, data_root: Path, build: Callable[..., Any], 
                 continue
             if args.exclude_patients and record.patient_id and str(record.patient_id) in excluded_patients:
                 dropped_patient += 1
+                continue
+            if excluded_content and content_key(source, record.ref) in excluded_content:
+                dropped_content += 1
                 continue
             records.append(ImageRecord(f"{index}:{record.ref}", UNLABELLED, record.patient_id))
             kept += 1
@@ -119,16 +142,18 @@ def build_union(args: UnionArgs, *, data_root: Path, build: Callable[..., Any], 
         "sources": parts,
         "excluded_by_path": dropped_path,
         "excluded_by_patient": dropped_patient,
+        "excluded_by_content": dropped_content,
         "excluded_split_images": len(excluded_keys),
         "excluded_split_patients": len(excluded_patients),
     }
     name = "union(" + "+".join(str(p["path"] or p["dataset"]) for p in parts) + ")"
     log.info(
-        "%s: %d images; excluded %d by path and %d more by patient id",
+        "%s: %d images; excluded %d by path, %d more by patient id, %d more by content",
         name,
         len(records),
         dropped_path,
         dropped_patient,
+        dropped_content,
     )
     return UnionSource(name, [], {"train": records}, UnionReader(readers), root=None, details=details)
 
