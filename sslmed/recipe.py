@@ -188,7 +188,9 @@ class EvaluationSettings(_Strict):
     baselines: list[Literal["random_init", "raw_pixels", "supervised"]] = ["random_init", "supervised"]
     supervised: SupervisedSettings = SupervisedSettings()
     finetune: FineTuneSettings | None = Field(
-        None, description="also fine-tune end to end (pre-trained vs random init), at every label fraction"
+        None,
+        description="also fine-tune end to end (pre-trained vs random init), at every label fraction "
+        "(or at finetune.label_fractions)",
     )
     knn_k: Int = Field(20, ge=1)
     batch_size: Int = Field(128, ge=1)

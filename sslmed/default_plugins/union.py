@@ -4,9 +4,10 @@ Each source is an ordinary dataset spec (``{name: csv, path: covid3, ...}``) bui
 through the registry, with the split(s) to take from it. Images of an excluded split of
 another source (typically the target set's test split) are removed, matched by resolved
 file path (or array index, for array-backed sets), by patient id, and by content (the
-16x16 average hash: the same radiograph stored twice, under other names or in another
-collection), so that no test image and no test patient reaches pre-training. The corpus has one split, ``train``;
-its records are unlabelled and refer to their source as ``"<source index>:<ref>"``.
+16x16 average hash: the same radiograph stored twice, under another name or in another
+collection), so that no test image and no test patient reaches pre-training. The
+corpus has one split, ``train``; its records are unlabelled and refer to their source
+as ``"<source index>:<ref>"``.
 """
 
 from __future__ import annotations
