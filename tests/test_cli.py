@@ -59,7 +59,7 @@ def test_validate_bad_recipe_exits_2_with_every_problem(tmp_path):
     bad.write_text(
         Path("recipes/quickstart.yaml")
         .read_text()
-        .replace("temperature: 0.2", "temprature: 0.2")
+        .replace("temperature:", "temprature:")
         .replace("    epochs: 3\n", "    epochs: zero\n")
     )
     result = invoke("validate", str(bad))

@@ -104,7 +104,7 @@ def test_crsm_multistep_trains_logs_exports_and_loads(data_dir: Path, tmp_path: 
         "defaults.objective.warmup_steps=0",
         "defaults.objective.decoder.width=64",
         "defaults.optimizer.lr=0.003",
-        "steps.0.max_steps=8",
+        "steps.0.max_steps=16",  # enough steps for the falling loss to beat batch-to-batch noise
         "steps.1.max_steps=2",
         # a quick probe: fit on covid3's 113 validation images, score on its test split
         "evaluation.probes=[linear]",
@@ -120,9 +120,9 @@ def test_crsm_multistep_trains_logs_exports_and_loads(data_dir: Path, tmp_path: 
     loss, contrastive, reconstruction = (
         _column(rows, f"train/{n}_step") for n in ("loss", "contrastive", "reconstruction")
     )
-    assert len(loss) == len(contrastive) == len(reconstruction) == 8
-    assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3, loss
-    assert sum(reconstruction[-3:]) / 3 < sum(reconstruction[:3]) / 3, reconstruction
+    assert len(loss) == len(contrastive) == len(reconstruction) == 16
+    assert sum(loss[-4:]) / 4 < sum(loss[:4]) / 4, loss
+    assert sum(reconstruction[-4:]) / 4 < sum(reconstruction[:4]) / 4, reconstruction
 
     # the backbone export is a normal backbone: init_from and the probe load it
     recipe, registry = load_recipe_file(REPO / "recipes" / "crsm_multistep.yaml", overrides)
