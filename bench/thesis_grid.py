@@ -433,7 +433,7 @@ SWEEP = {  # method -> setting -> values tried (dotted keys inside the step)
         "augmentations.0.min_scale": [0.2, 0.3, 0.5],
     },
     "simclr_mdre": {
-        "augmentations.1.max_count": [4, 8, 12],
+        "augmentations.1.max_count": [4, 8, 10],  # count x max_area <= 0.6 (MDRE refuses more)
         "augmentations.1.max_area": [0.02, 0.04, 0.06],
     },
     "crsm": {"objective.reconstruction_weight": [0.3, 1.0, 3.0]},
