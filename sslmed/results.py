@@ -121,8 +121,9 @@ def results_table(rows: list[dict[str, Any]], classes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def trust_markdown(trust: dict[str, Any] | None) -> str:
-    """The calibration and OOD lines under the results table ('' without them)."""
+def trust_markdown(trust: dict[str, Any] | None, split: str = "test") -> str:
+    """The calibration and OOD lines under the results table ('' without them);
+    ``split`` is the split the evaluation scores (``evaluation.test_split``)."""
     if not trust:
         return ""
     lines = [""]
@@ -130,7 +131,7 @@ def trust_markdown(trust: dict[str, Any] | None) -> str:
     if cal:
         lines.append(
             f"Calibration of the exported linear probe: temperature {cal['temperature']:.3f} fitted on "
-            f"{cal['fitted_on']} ({cal['fitted_images']} images); on the test split ({cal['test_images']} images) "
+            f"{cal['fitted_on']} ({cal['fitted_images']} images); on the {split} split ({cal['test_images']} images) "
             f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}, Brier {cal['brier_before']:.3f} -> "
             f"{cal['brier_after']:.3f} ({cal['bins']} bins; reliability diagram: {RELIABILITY})."
         )
@@ -139,7 +140,7 @@ def trust_markdown(trust: dict[str, Any] | None) -> str:
         lines.append(
             f"Out-of-distribution threshold {ood['threshold']:.3f} "
             f"({ood['quantile']:.0%} quantile of {ood['fitted_on']}); "
-            f"test images flagged: {ood['test_flagged']:.1%} of {ood['test_images']}."
+            f"{split} images flagged: {ood['test_flagged']:.1%} of {ood['test_images']}."
         )
     return "\n".join(lines) + "\n"
 
@@ -172,5 +173,6 @@ def write_results(
     evaluation = recipe.evaluation
     where = f"{evaluation.data} ({evaluation.test_split} split)" if evaluation else "? ( split)"
     title = f"# {recipe.name}: probe on {where}\n\n"
-    atomic_write_text(run.results_md, title + table + "\n" + trust_markdown(trust))
+    split = evaluation.test_split if evaluation else "test"
+    atomic_write_text(run.results_md, title + table + "\n" + trust_markdown(trust, split))
     return RunResult(run.path, rows, table)

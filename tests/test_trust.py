@@ -140,3 +140,26 @@ def test_fine_tuned_models_report_calibration_too(data_dir: Path) -> None:
     assert calibration["fitted_on"] == "val" and calibration["fitted_images"] == len(splits["val"].records)
     assert calibration["test_images"] == len(proba) and calibration["temperature"] > 0
     assert calibration["brier_after"] <= calibration["brier_before"] + 0.05
+
+
+def test_results_lines_name_the_split_that_was_scored():
+    """A validation-only evaluation (a sweep) must not call its numbers test numbers."""
+    from sslmed.results import trust_markdown
+
+    trust = {
+        "calibration": {
+            "temperature": 1.5,
+            "fitted_on": "train (5-fold out-of-fold)",
+            "fitted_images": 100,
+            "test_images": 50,
+            "ece_before": 0.1,
+            "ece_after": 0.05,
+            "brier_before": 0.2,
+            "brier_after": 0.18,
+            "bins": 15,
+        },
+        "ood": {"threshold": 3.0, "quantile": 0.99, "fitted_on": "train", "test_flagged": 0.02, "test_images": 50},
+    }
+    text = trust_markdown(trust, "val")
+    assert "on the val split (50 images)" in text and "val images flagged: 2.0% of 50" in text
+    assert "test" not in text.replace("test_", "")
