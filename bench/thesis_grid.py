@@ -1,17 +1,18 @@
 """The thesis's grid at corpus scale, with paired statistics; and the validation sweep.
 
-Grid (``grid`` command): for each method (SimCLR, +random erasing, +MDRE, CRSM) and
-seed, pre-train once on ``cxr_corpus`` (22,548 unlabelled radiographs, no image of a
-target) and reuse that export (``init_from: <path>``) for every target:
+Grid (``grid`` command), seed by seed: SimCLR and CRSM are pre-trained once on
+``cxr_corpus`` (less every image also in a target set) and that export is reused
+(``init_from: <path>``) for every target; every method also runs on the target alone:
 
-* ``single``   - the method on the target only, from random init;
+* ``single``   - the method on the target only, from random init (all four methods);
 * ``multistep``- corpus export, then the method on the target (SimCLR and CRSM);
 * ``transfer`` - corpus export, probed as is (a zero-step target step).
 
 Targets covid3 (3 classes, patient-wise test split) and kermany (official test split,
-val carved patient-wise from train). Every run has the random-init and raw-pixel
-reference rows and linear probes at the budget's label fractions; fine-tuning (pre-
-trained vs random init, early stopping on val) where the budget says so. Then
+val carved patient-wise from train). Every run has linear probes at the budget's label
+fractions; the reference rows (random init, raw pixels) and fine-tuning (pre-trained
+vs random init, early stopping on val) are computed once per target and seed, in the
+SimCLR transfer run. Then
 ``sslmed report`` over the run folders and ``grid.md``: each row's mean over seeds
 with a 95% interval over seeds and test images, and every claim as a paired test
 (same seeds, same splits; bootstrap interval of the difference, permutation p-value).
@@ -133,7 +134,7 @@ BUDGETS = {
     # checks that the whole grid runs; numbers mean nothing
     "smoke": Budget(16, 16, 1, 2, 1, 2, [0.1, 1.0], {"epochs": 1, "max_steps": 2, "batch_size": 16}, [0.1]),
     # a 2-core CPU in about two hours for the whole grid (3 seeds): 64 px; 100 corpus steps of 128
-    # images (12,800 images, 0.57 of an epoch), 30 target steps (3,840 images); fine-tuning at 10%
+    # images (12,800 images, 0.59 of an epoch), 30 target steps (3,840 images); fine-tuning at 10%
     # of the labels, at most 4 epochs (at 100% it would take ~4 min per seed on kermany alone)
     "cpu": Budget(64, 128, 1, 100, 30, 30, [0.01, 0.1, 1.0], {"epochs": 4, "batch_size": 64, "patience": 2}, [0.1]),
     # what one busy shared 2-core CPU session allowed (2026-11-27, load 17-34): 32 px, the corpus seen
