@@ -5,25 +5,33 @@ the step finishes, global rank 0 exports the backbone as safetensors for
 ``init_from``, evaluation and predict.
 
 Checkpoints and resume: a checkpoint is written at the end of every epoch
-(``checkpoints/epoch<E>-step<S>.ckpt``, the newest two kept, and ``last.ckpt``),
-each through a temporary file in the same folder and a rename, so a kill never leaves
+(``checkpoints/epoch<E>-step<S>.ckpt``, the newest two kept, and ``last.ckpt``, a
+link to the newest), each through a temporary file in the same folder and a rename, so a kill never leaves
 a truncated one. Every epoch starts from a seed derived from the step's seed and the
 epoch number, so an interrupted step resumed from the newest epoch checkpoint that
 loads repeats exactly what an uninterrupted run would have done (same data order,
 same augmentations, same weights on the same CPU). Work since the last completed
-epoch is redone. Checkpoints are loaded with ``weights_only=True``.
+epoch is redone. Checkpoints are loaded with ``weights_only=True``. Once the step is
+exported its checkpoints have no further use and are deleted (``keep_checkpoints``).
+
+A SIGTERM (a scheduler's stop) or Ctrl-C during training ends the step at the next
+batch without marking it done and raises :class:`RunInterrupted`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
 import pickle
+import shutil
+import signal
 import sys
 import tempfile
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +40,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sslmed.cache import CachedImageDataset, DecodedImageDataset, ImageCache, cache_root, ensure_cache, wants_cache
 from sslmed.checkpoints import load_backbone_weights, save_backbone, save_tensors
 from sslmed.data import ImageDataset, ImageSource
-from sslmed.errors import CheckpointError, SslmedError, UsageError
+from sslmed.errors import CheckpointError, RunInterrupted, SslmedError, UsageError
 from sslmed.methods import SSLMethod
 from sslmed.recipe import StepSettings
 from sslmed.registry import Registry
@@ -225,7 +234,7 @@ def make_trainer(step: StepSettings, directory: Path, progress: bool = True) -> 
         monitor="step",
         mode="max",
         save_top_k=2,  # the newest two: one to fall back on
-        save_last=True,
+        save_last="link",  # a relative symlink to the newest, not a second copy of it
         enable_version_counter=False,  # a resumed step overwrites last.ckpt, never adds last-v1.ckpt
         every_n_epochs=1,
         save_on_train_epoch_end=True,
@@ -304,6 +313,18 @@ def _keep_metrics_log(trainer: L.Trainer, directory: Path, epoch: int) -> None:
         writer.save()
 
 
+@contextlib.contextmanager
+def stopped_by_signal(what: str) -> Iterator[None]:
+    """Turn Lightning's exits on SIGTERM (``SIGTERMException``, a ``SystemExit`` with status
+    0) and after Ctrl-C (``sys.exit(1)``) into a :class:`RunInterrupted` naming ``what``."""
+    try:
+        yield
+    except SystemExit as exc:
+        terminated = isinstance(exc, SIGTERMException)
+        name, number = ("SIGTERM", signal.SIGTERM) if terminated else ("Ctrl-C", signal.SIGINT)
+        raise RunInterrupted(f"{what} was stopped by {name}", int(number)) from None
+
+
 def train_step(
     step: StepSettings,
     source: ImageSource,
@@ -341,7 +362,8 @@ def train_step(
     _keep_metrics_log(trainer, directory, epoch)
     seeder = next(c for c in trainer.callbacks if isinstance(c, EpochSeed))
     seeder.seed_epoch(epoch)
-    trainer.fit(method, loader, ckpt_path=str(found[0]) if found else None)
+    with stopped_by_signal(f"step {step.name!r}"):
+        trainer.fit(method, loader, ckpt_path=str(found[0]) if found else None)
     if trainer.interrupted:  # never mark a step done that did not finish
         raise SslmedError(f"step {step.name!r} was interrupted; continue it with `sslmed run ... --resume`")
     if trainer.is_global_zero:
@@ -362,6 +384,8 @@ def train_step(
                 "extras": {name: description for name, (_module, description) in extras.items()},
             },
         )
+        if not step.keep_checkpoints:  # they only ever resume this step, which is done
+            shutil.rmtree(StepDir(directory).checkpoints, ignore_errors=True)
     if trainer.world_size > 1:
         trainer.strategy.barrier("sslmed-step-export")  # others wait for the export
 

@@ -3,7 +3,8 @@
 Every error that reaches the command line is a :class:`SslmedError`. The CLI prints
 its message as one line (no traceback unless ``--verbose``) and exits with
 ``exit_code``: 2 for a problem with what the user asked (recipe, names, options),
-1 for a problem met while running (data, checkpoints, training).
+1 for a problem met while running (data, checkpoints, training), and 128 plus the
+signal's number for a run stopped by a signal (130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -61,3 +62,13 @@ class ImageLoadError(DataError):
 
 class CheckpointError(SslmedError):
     """A checkpoint or exported model is missing, corrupt, or from another model."""
+
+
+class RunInterrupted(SslmedError):
+    """Training was stopped by a signal (Ctrl-C, SIGTERM from a scheduler); the step is
+    not marked done and ``sslmed run ... --resume`` continues it."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+        self.exit_code = 128 + signal_number  # the shell's convention for a signal's death

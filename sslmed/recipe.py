@@ -122,6 +122,11 @@ class StepSettings(_Strict):
         description="no longer used (kept so older recipes load): checkpoints are written at the end of every "
         "epoch, where resume is exact",
     )
+    keep_checkpoints: bool = Field(
+        False,
+        description="keep the step's Lightning checkpoints after it finished (they resume an unfinished step only; "
+        "the exported backbone is kept either way)",
+    )
     cache: str = Field(
         "auto",
         min_length=1,

@@ -8,11 +8,13 @@ model export.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,8 @@ from typing import Any
 from sslmed import __version__
 from sslmed.catalog import data_copies
 from sslmed.data import ImageSource, write_run_data
-from sslmed.engine import backbone_identity, is_worker_process, train_step
-from sslmed.errors import UsageError
+from sslmed.engine import backbone_identity, is_worker_process, stopped_by_signal, train_step
+from sslmed.errors import RunInterrupted, UsageError
 from sslmed.plugins import plugin_infos
 from sslmed.prepare import build_sources, load_recipe_file
 from sslmed.pretrained import ExternalBackbone, check_external, looks_like_path
@@ -116,6 +118,18 @@ def resolve_resume(recipe: Recipe, runs_dir: Path, resume: str) -> Path:
     return run.path
 
 
+@contextlib.contextmanager
+def resume_hint(recipe_path: str | Path, run: RunDir) -> Iterator[None]:
+    """Add to a :class:`RunInterrupted` the command that continues the run."""
+    try:
+        yield
+    except RunInterrupted as exc:
+        raise RunInterrupted(
+            f"{exc}; the run is not finished. Continue it with: sslmed run {recipe_path} --resume {run.path}",
+            exc.signal_number,
+        ) from None
+
+
 def run_recipe(
     path: str | Path,
     overrides: tuple[str, ...] = (),
@@ -176,7 +190,8 @@ def run_recipe(
                 step.epochs,
             )
             started = time.perf_counter()
-            train_step(step, sources[step.data], step_dir.path, registry, init_from=init, progress=progress)
+            with resume_hint(path, run):
+                train_step(step, sources[step.data], step_dir.path, registry, init_from=init, progress=progress)
             timings[step.name] = round(time.perf_counter() - started, 1)
     finally:
         if not is_worker_process():
@@ -185,7 +200,8 @@ def run_recipe(
         return None
     result = RunResult(run.path)
     if recipe.evaluation is not None:
-        result = evaluate_run(run, recipe, registry, sources)
+        with resume_hint(path, run), stopped_by_signal("the evaluation"):  # fine-tuning runs on Lightning
+            result = evaluate_run(run, recipe, registry, sources)
     if timings:
         run.write_timings(timings)
     return result

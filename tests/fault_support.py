@@ -40,6 +40,7 @@ steps:
   - name: first
     data: small
     epochs: 3
+    keep_checkpoints: true
   - name: second
     data: small
     init_from: first
@@ -121,8 +122,25 @@ def run_and_kill(recipe: str, runs_dir: str, point: str, when: int) -> None:
 
     Points: ``batch`` (a training batch, mid-epoch), ``checkpoint`` (half-way through
     writing a checkpoint's temporary file), ``export`` (a backbone export written but
-    not yet renamed), ``evaluation`` (while probing).
+    not yet renamed), ``evaluation`` (while probing). And ``sigterm``: the run goes
+    through the command line (``sslmed -q run``) and this process sends itself SIGTERM
+    at a training batch, as a scheduler stopping the job does.
     """
+    if point == "sigterm":
+        from sslmed.cli import cli
+        from sslmed.default_plugins.simclr import SimCLRMethod
+
+        original = SimCLRMethod.training_step
+        batches = {"n": 0}
+
+        def terminated_step(self: Any, batch: Any, index: int) -> Any:
+            batches["n"] += 1
+            if batches["n"] == when:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original(self, batch, index)
+
+        SimCLRMethod.training_step = terminated_step
+        cli(["-q", "run", recipe, "--runs-dir", runs_dir])  # exits with the command's status
     import sslmed.checkpoints
     import sslmed.engine
     import sslmed.evaluation

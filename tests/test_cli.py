@@ -105,7 +105,8 @@ def test_run_writes_the_run_folder(trained_run):
         assert (trained_run / name).is_file(), name
     for step in ("corpus", "target"):
         assert (trained_run / "steps" / step / "backbone.safetensors").is_file()
-        assert (trained_run / "steps" / step / "checkpoints" / "last.ckpt").is_file()
+        # a finished step's checkpoints resume nothing any more: deleted (keep_checkpoints: false)
+        assert not (trained_run / "steps" / step / "checkpoints").exists()
     assert not list(trained_run.rglob("*.tmp")), "no half-written files are left"
 
 

@@ -1,6 +1,7 @@
 """Kill a training run (SIGKILL) at several points, resume it each time, and get exactly
 what an uninterrupted run gets: the same exported weights and results, the same
-metrics log, and no truncated or temporary file in the run folder."""
+metrics log, and no truncated or temporary file in the run folder. Stop one with
+SIGTERM (a scheduler's stop): a clear message, a non-zero status, and it resumes."""
 
 from __future__ import annotations
 
@@ -63,3 +64,39 @@ def test_killed_four_times_and_resumed_equals_uninterrupted(tmp_path: Path, data
         assert len(missing) <= 1, missing
         for row in missing:  # an epoch's summary row has no per-step values
             assert not any(value for key, value in row.items() if key.endswith("_step")), row
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_run_with_a_message_and_it_resumes(tmp_path: Path, data_dir: Path) -> None:
+    recipe = write_small_data(tmp_path, data_dir / "pneumoniamnist" / "pneumoniamnist.npz")
+    baseline = run_recipe(recipe, runs_dir=tmp_path / "baseline", progress=False).run_dir
+    # a finished step keeps its checkpoints only when asked ("first": keep_checkpoints: true)
+    kept = baseline / "steps" / "first" / "checkpoints"
+    newest = kept / "epoch002-step000009.ckpt"
+    assert sorted(p.name for p in kept.iterdir()) == ["epoch001-step000006.ckpt", newest.name, "last.ckpt"]
+    assert (kept / "last.ckpt").is_symlink() and (kept / "last.ckpt").resolve() == newest.resolve()
+    assert not (baseline / "steps" / "second" / "checkpoints").exists()
+
+    runs = tmp_path / "runs"
+    child = subprocess.run(  # SIGTERM at batch 5: epoch 1 of "first", after epoch 0's checkpoint
+        [sys.executable, str(HERE / "fault_support.py"), str(recipe), str(runs), "sigterm", "5"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=HERE.parent,
+    )
+    (run_dir,) = (runs / "faulty").iterdir()
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr[-2000:]
+    message = child.stderr.strip().splitlines()[-1]
+    assert "step 'first' was stopped by SIGTERM" in message
+    assert f"sslmed run {recipe} --resume {run_dir}" in message
+    assert "Traceback" not in child.stderr
+    assert not (run_dir / "steps" / "first" / "backbone.safetensors").exists()
+    assert not (run_dir / "results.json").exists()
+    epochs = [p.name for p in (run_dir / "steps" / "first" / "checkpoints").glob("epoch*")]
+    assert epochs == ["epoch000-step000003.ckpt"]
+
+    result = run_recipe(recipe, runs_dir=runs, resume="latest", progress=False)
+    assert result.run_dir == run_dir
+    assert_nothing_truncated(run_dir)
+    assert_same_outcome(outcome(run_dir), outcome(baseline))
