@@ -17,7 +17,6 @@ targets longer and prints the cases tried and the failures, for docs/benchmarks.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import resource
@@ -116,26 +115,18 @@ def sample_files() -> dict[str, bytes]:
 
 
 def _dicom_from(png: Path) -> bytes:
+    """A 12-bit DICOM (in 16-bit words, with a window) of a real radiograph."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from dicom_support import dicom_bytes, dicom_dataset
     from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
     pixels = np.asarray(Image.open(png).convert("L").resize((128, 128))).astype(np.uint16) * 16
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds = dicom_dataset(*pixels.shape, bits_stored=12)
     ds.WindowCenter, ds.WindowWidth = 2048, 4096
     ds.PixelData = pixels.tobytes()
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return dicom_bytes(ds)
 
 
 @st.composite

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_support import dicom_dataset
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from sslmed.errors import DataError, ImageLoadError
 from sslmed.imaging import apply_window, check_image, load_image
@@ -32,25 +31,11 @@ def write_dicom(
     path: Path, pixels: np.ndarray | None, *, bits_stored: int = 8, photometric: str = "MONOCHROME2", **elements: object
 ) -> Path:
     """A minimal valid DICOM file (explicit VR little endian) holding ``pixels``."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.PatientID = "P0001"
-    if pixels is not None:
+    if pixels is None:
+        ds = dicom_dataset()
+    else:
         allocated = 8 if pixels.dtype == np.uint8 else 16
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = photometric
-        ds.BitsAllocated = allocated
-        ds.BitsStored = bits_stored
-        ds.HighBit = bits_stored - 1
-        ds.PixelRepresentation = 0
+        ds = dicom_dataset(*pixels.shape, bits_allocated=allocated, bits_stored=bits_stored, photometric=photometric)
         ds.PixelData = pixels.tobytes()
     for key, value in elements.items():
         setattr(ds, key, value)

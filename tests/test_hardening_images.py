@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from dicom_support import dicom_dataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from sslmed.errors import ImageLoadError
 from sslmed.imaging import MAX_PIXELS, load_image
@@ -19,21 +20,7 @@ from sslmed.imaging import MAX_PIXELS, load_image
 
 def dicom_header(rows: int, columns: int, syntax: str = ExplicitVRLittleEndian, frames: int | None = None) -> Dataset:
     """A DICOM dataset declaring ``rows`` x ``columns`` 16-bit grey pixels (no PixelData yet)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = rows, columns
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    if frames is not None:
-        ds.NumberOfFrames = frames
-    return ds
+    return dicom_dataset(rows, columns, syntax=syntax, frames=frames)
 
 
 def rle_bomb(path: Path, side: int = 20000) -> Path:

@@ -1,0 +1,50 @@
+"""Minimal DICOM files for the tests and the fuzz bench, built in one place.
+
+``dicom_dataset`` gives a Secondary Capture dataset with its file meta information and,
+when ``rows`` and ``columns`` are given, the elements that describe grey pixels (no
+``PixelData``: the caller adds it, raw or encapsulated, or leaves it out to test a
+header alone). ``dicom_bytes`` serialises one as a DICOM file.
+"""
+
+from __future__ import annotations
+
+import io
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+
+def dicom_dataset(
+    rows: int | None = None,
+    columns: int | None = None,
+    *,
+    syntax: str = ExplicitVRLittleEndian,
+    bits_allocated: int = 16,
+    bits_stored: int | None = None,
+    photometric: str = "MONOCHROME2",
+    frames: int | None = None,
+) -> Dataset:
+    """A dataset that ``save_as(..., enforce_file_format=True)`` writes as a valid file."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "CR", "P0001"
+    if rows is not None and columns is not None:
+        stored = bits_stored or bits_allocated
+        ds.Rows, ds.Columns = rows, columns
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_allocated, stored, stored - 1, 0
+    if frames is not None:
+        ds.NumberOfFrames = frames
+    return ds
+
+
+def dicom_bytes(ds: Dataset) -> bytes:
+    """``ds`` as the bytes of a DICOM file."""
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
