@@ -274,7 +274,9 @@ def extend_cli(cli: Any) -> None:
     except SslmedError as exc:
         print(f"sslmed: {exc}", file=sys.stderr)
         return
-    for impl in pm.hook.register_commands.get_hookimpls():
+    # pluggy's own call order (tryfirst, then the newest registration first, then trylast):
+    # get_hookimpls() lists them the other way round
+    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
         try:
             impl.function(cli=cli)
         except KeyboardInterrupt:

@@ -175,9 +175,7 @@ def test_data_cache_command_builds_once_and_prints_the_folder(tiny_recipe, tmp_p
     from click.testing import CliRunner
 
     from sslmed.cli import cli
-    from sslmed.plugins import extend_cli
 
-    extend_cli(cli)  # plugin commands (``data``) are added when the CLI starts
     recipe = tiny_recipe(extra="")
     args = ["data", "cache", str(recipe), "--step", "target", "--set", "defaults.cache=on"]
     first = CliRunner().invoke(cli, args)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,22 @@ from sslmed.cli import cli
 
 def invoke(*args: str):
     return CliRunner().invoke(cli, list(args))
+
+
+def test_a_fresh_process_has_every_built_in_command():
+    """What a user's shell gets: the command line built once, in a new process (in-process
+    tests share one click group, which hid a `data fetch` that came in the wrong order)."""
+
+    def commands(*args: str) -> set[str]:
+        shown = subprocess.run(
+            [sys.executable, "-m", "sslmed.cli", *args, "--help"], capture_output=True, text=True, timeout=120
+        )
+        assert shown.returncode == 0, shown.stderr
+        listed = shown.stdout.split("Commands:")[1].splitlines()
+        return {line.split()[0] for line in listed if line.strip()}
+
+    assert {"run", "validate", "list", "info", "eval", "predict", "plugins", "data", "serve", "report"} <= commands()
+    assert commands("data") == {"fetch", "list", "inspect", "split", "cache"}
 
 
 def test_plugins_lists_builtins_with_hooks_and_components():

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sslmed.cli import cli
-from sslmed.plugins import extend_cli
 
 DATA = Path(os.environ.get("SSLMED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 COVID3 = DATA / "covid3"
@@ -25,7 +24,6 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def runner() -> CliRunner:
-    extend_cli(cli)
     return CliRunner()
 
 

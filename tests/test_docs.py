@@ -546,14 +546,15 @@ def fork_server(path: str) -> None:
     import signal
     import socket
 
+    import click
     import lightning  # noqa: F401  (imported once, here, for every command)
     import sklearn.linear_model  # noqa: F401
     import torch  # noqa: F401
 
     from sslmed.cli import cli
-    from sslmed.plugins import extend_cli, get_registry
+    from sslmed.plugins import get_registry
 
-    extend_cli(cli)
+    cli.list_commands(click.Context(cli))  # loads the plugins' commands once, before forking
     get_registry()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children report to their client themselves
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -39,7 +39,7 @@ from sslmed.catalog import CATALOG, MARKER
 from sslmed.cli import cli
 from sslmed.errors import DataError
 from sslmed.fetch import fetch_dataset
-from sslmed.plugins import extend_cli, get_registry
+from sslmed.plugins import get_registry
 
 pytestmark = pytest.mark.skipif(
     not (DATA / "covid_extra_hannover" / "labels.csv").is_file(),
@@ -207,7 +207,6 @@ def test_full_disk_gives_a_clear_error_and_no_partial_dataset(
 
 
 def test_cli_unreachable_host_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    extend_cli(cli)
     entry = CATALOG["not_cxr"]
     url = f"http://127.0.0.1:{closed_port()}/MedNIST.tar.gz"
     monkeypatch.setitem(CATALOG, "not_cxr", replace(entry, downloads=(replace(entry.downloads[0], url=url),)))
@@ -222,7 +221,6 @@ def test_cli_unreachable_host_is_one_clear_line(tmp_path: Path, monkeypatch: pyt
 
 
 def test_cli_fetch_and_list(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    extend_cli(cli)
     served, base = server
     for name, key in (("not_cxr", "not_cxr"),):
         monkeypatch.setitem(CATALOG, key, serve(served, base, name, mednist_tar())[name])
@@ -242,7 +240,6 @@ def test_cli_fetch_and_list(server, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_cli_fetch_recipe_gets_what_it_reads_into_its_data_root(
     server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    extend_cli(cli)
     served, base = server
     monkeypatch.setitem(CATALOG, "not_cxr", serve(served, base, "not_cxr", mednist_tar())["not_cxr"])
     recipe = tmp_path / "ood.yaml"
@@ -258,7 +255,6 @@ def test_cli_fetch_recipe_gets_what_it_reads_into_its_data_root(
 
 
 def test_run_on_missing_data_names_the_datasets_and_the_command(tmp_path: Path) -> None:
-    extend_cli(cli)
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -136,9 +136,7 @@ def test_report_from_run_folders(tmp_path: Path, data_dir: Path):
     make_run(runs, "simclr", 1, 1.1, data_dir)  # same recipe, another seed
     make_run(runs, "crsm", 0, 2.0, data_dir, decoder=True, fractions=(0.1, 1.0), calibrated=True)
     from sslmed.cli import cli
-    from sslmed.plugins import extend_cli
 
-    extend_cli(cli)
     out = tmp_path / "report"
     labels = Path(__file__).resolve().parents[1] / "bench" / "thesis_labels.yaml"
     args = ["report", str(runs), "--out", str(out), "--bootstrap", "200", "--labels", str(labels)]

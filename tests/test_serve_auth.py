@@ -118,9 +118,7 @@ def test_binding_beyond_loopback_needs_logins_or_no_auth(predictor: Predictor, t
     with pytest.raises(UsageError, match="--auth-file"):
         serve(predictor, host="0.0.0.0", block=False)  # refused before anything is bound
     from sslmed.cli import cli
-    from sslmed.plugins import extend_cli
 
-    extend_cli(cli)
     model = str(predictor.model_dir)
     result = CliRunner().invoke(cli, ["serve", model, "--host", "0.0.0.0"], env={"SSLMED_AUTH": ""})
     assert result.exit_code == 2 and "--no-auth" in result.output and "Traceback" not in result.output

@@ -188,9 +188,7 @@ def test_service_without_decoder_and_model_card(data_dir: Path, samples: Path, t
 
 def test_serve_command_refuses_a_missing_model_in_one_line(tmp_path: Path) -> None:
     from sslmed.cli import cli
-    from sslmed.plugins import extend_cli
 
-    extend_cli(cli)
     result = CliRunner().invoke(cli, ["serve", str(tmp_path / "no-such-run")])
     assert result.exit_code == 1
     assert "Error:" in result.output and "not found" in result.output and "Traceback" not in result.output
