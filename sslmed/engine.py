@@ -6,8 +6,8 @@ the step finishes, global rank 0 exports the backbone as safetensors for
 
 Checkpoints and resume: a checkpoint is written at the end of every epoch
 (``checkpoints/epoch<E>-step<S>.ckpt``, the newest two kept, and ``last.ckpt``, a
-link to the newest), each through a temporary file in the same folder and a rename, so a kill never leaves
-a truncated one. Every epoch starts from a seed derived from the step's seed and the
+link to the newest), each through a temporary file in the same folder and a rename,
+so a kill never leaves a truncated one. Every epoch starts from a seed derived from the step's seed and the
 epoch number, so an interrupted step resumed from the newest epoch checkpoint that
 loads repeats exactly what an uninterrupted run would have done (same data order,
 same augmentations, same weights on the same CPU). Work since the last completed
@@ -320,9 +320,11 @@ def stopped_by_signal(what: str) -> Iterator[None]:
     try:
         yield
     except SystemExit as exc:
-        terminated = isinstance(exc, SIGTERMException)
-        name, number = ("SIGTERM", signal.SIGTERM) if terminated else ("Ctrl-C", signal.SIGINT)
-        raise RunInterrupted(f"{what} was stopped by {name}", int(number)) from None
+        if isinstance(exc, SIGTERMException):
+            raise RunInterrupted(f"{what} was stopped by SIGTERM", int(signal.SIGTERM)) from None
+        if isinstance(exc.__context__, KeyboardInterrupt):  # raised while handling Ctrl-C
+            raise RunInterrupted(f"{what} was stopped by Ctrl-C", int(signal.SIGINT)) from None
+        raise
 
 
 def train_step(

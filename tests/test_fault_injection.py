@@ -100,3 +100,25 @@ def test_sigterm_stops_the_run_with_a_message_and_it_resumes(tmp_path: Path, dat
     assert result.run_dir == run_dir
     assert_nothing_truncated(run_dir)
     assert_same_outcome(outcome(run_dir), outcome(baseline))
+
+
+def test_only_lightnings_signal_exits_become_an_interruption() -> None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from sslmed.engine import stopped_by_signal
+    from sslmed.errors import RunInterrupted
+
+    with pytest.raises(RunInterrupted, match="step 'a' was stopped by SIGTERM") as stopped:
+        with stopped_by_signal("step 'a'"):
+            raise SIGTERMException
+    assert stopped.value.exit_code == 143
+    with pytest.raises(RunInterrupted, match="was stopped by Ctrl-C") as stopped:
+        with stopped_by_signal("step 'a'"):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                sys.exit(1)  # what Lightning does after Ctrl-C
+    assert stopped.value.exit_code == 130
+    with pytest.raises(SystemExit):  # any other exit is not ours to relabel
+        with stopped_by_signal("step 'a'"):
+            sys.exit(3)
