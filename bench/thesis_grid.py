@@ -135,7 +135,7 @@ BUDGETS = {
     "smoke": Budget(16, 16, 1, 2, 1, 2, [0.1, 1.0], {"epochs": 1, "max_steps": 2, "batch_size": 16}, [0.1]),
     # a 2-core CPU in about two hours for the whole grid (3 seeds): 64 px; 100 corpus steps of 128
     # images (12,800 images, 0.59 of an epoch), 30 target steps (3,840 images); fine-tuning at 10%
-    # of the labels, at most 4 epochs (at 100% it would take ~4 min per seed on kermany alone)
+    # of the labels, at most 4 epochs (adding 100% made a kermany evaluation take 366 s per seed)
     "cpu": Budget(64, 128, 1, 100, 30, 30, [0.01, 0.1, 1.0], {"epochs": 4, "batch_size": 64, "patience": 2}, [0.1]),
     # what one busy shared 2-core CPU session allowed (2026-11-27, load 17-34): 32 px, the corpus seen
     # 60 x 128 = 7,680 times (a third of one epoch), transfer rows only, fine-tuning at 10% of the labels

@@ -45,7 +45,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from sslmed.cache import CachedImageDataset, DecodedImageDataset, ImageCache, cache_root, ensure_cache, wants_cache
 from sslmed.checkpoints import load_backbone_weights, save_backbone, save_tensors
 from sslmed.data import ImageDataset, ImageSource
-from sslmed.errors import CheckpointError, RunInterrupted, SslmedError, UsageError
+from sslmed.errors import CheckpointError, RunInterrupted, UsageError
 from sslmed.methods import SSLMethod
 from sslmed.recipe import StepSettings
 from sslmed.registry import Registry
@@ -366,8 +366,6 @@ def train_step(
     seeder.seed_epoch(epoch)
     with stopped_by_signal(f"step {step.name!r}"):
         trainer.fit(method, loader, ckpt_path=str(found[0]) if found else None)
-    if trainer.interrupted:  # never mark a step done that did not finish
-        raise SslmedError(f"step {step.name!r} was interrupted; continue it with `sslmed run ... --resume`")
     if trainer.is_global_zero:
         extras = method.extra_exports()
         for name, (module, _description) in extras.items():

@@ -10,22 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_support import dicom_dataset
-from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import RLELossless
 
 from sslmed.errors import ImageLoadError
 from sslmed.imaging import MAX_PIXELS, load_image
 
 
-def dicom_header(rows: int, columns: int, syntax: str = ExplicitVRLittleEndian, frames: int | None = None) -> Dataset:
-    """A DICOM dataset declaring ``rows`` x ``columns`` 16-bit grey pixels (no PixelData yet)."""
-    return dicom_dataset(rows, columns, syntax=syntax, frames=frames)
-
-
 def rle_bomb(path: Path, side: int = 20000) -> Path:
     """A small RLE-compressed DICOM declaring a ``side`` x ``side`` image."""
-    ds = dicom_header(side, side, RLELossless)
+    ds = dicom_dataset(side, side, syntax=RLELossless)
     # one RLE segment header per byte plane, then a run of zeros: tiny on disk
     segment = np.array([2, 64, 0] + [0] * 13, dtype="<u4").tobytes() + b"\x81\x00" * 8
     ds.PixelData = encapsulate([segment])
@@ -59,7 +53,7 @@ def test_dicom_bomb_does_not_allocate(tmp_path: Path) -> None:
 
 def test_dicom_just_under_the_limit_is_not_refused_by_the_size_check(tmp_path: Path) -> None:
     rows = int(MAX_PIXELS**0.5)
-    ds = dicom_header(rows, rows)
+    ds = dicom_dataset(rows, rows)
     ds.PixelData = b"\x00\x00" * 16  # far too short: decoding fails, but only after the size check
     path = tmp_path / "short.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -69,7 +63,7 @@ def test_dicom_just_under_the_limit_is_not_refused_by_the_size_check(tmp_path: P
 
 
 def test_nonsense_dicom_header_is_named(tmp_path: Path) -> None:
-    ds = dicom_header(8, 8, frames=1)
+    ds = dicom_dataset(8, 8, frames=1)
     ds.PixelData = b"\x00\x00" * 64
     ds.BitsAllocated = 4096
     path = tmp_path / "odd.dcm"
@@ -81,7 +75,7 @@ def test_nonsense_dicom_header_is_named(tmp_path: Path) -> None:
 def test_multi_frame_dicom_gives_its_first_frame(tmp_path: Path) -> None:
     frames = np.stack([np.full((8, 12), 1000 * (i + 1), dtype=np.uint16) for i in range(3)])
     frames[0, :, :6] = 0
-    ds = dicom_header(8, 12, frames=3)
+    ds = dicom_dataset(8, 12, frames=3)
     ds.PixelData = frames.tobytes()
     path = tmp_path / "frames.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -91,7 +85,7 @@ def test_multi_frame_dicom_gives_its_first_frame(tmp_path: Path) -> None:
 
 
 def test_pydicom_warnings_do_not_reach_the_user(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    ds = dicom_header(4, 4)
+    ds = dicom_dataset(4, 4)
     ds.PixelData = np.arange(16, dtype=np.uint16).tobytes()
     ds.WindowCenter, ds.WindowWidth = "1234", "100"
     path = tmp_path / "odd.dcm"
