@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sslmed.data import resolve_data_root
-from sslmed.runner import run_recipe
+from sslmed.app.runner import run_recipe
+from sslmed.data.roots import resolve_data_root
 
 RECIPE = """\
 name: aug_paths

@@ -29,11 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sslmed.data import ImageDataset, resolve_data_root  # noqa: E402
-from sslmed.engine import build_method  # noqa: E402
-from sslmed.plugins import get_registry  # noqa: E402
-from sslmed.recipe import StepSettings  # noqa: E402
-from sslmed.transforms import build_view_pipeline, image_mode  # noqa: E402
+from sslmed.core.plugins import get_registry  # noqa: E402
+from sslmed.core.recipe import StepSettings  # noqa: E402
+from sslmed.data.readers import ImageDataset
+from sslmed.data.roots import resolve_data_root  # noqa: E402
+from sslmed.training.engine import build_method  # noqa: E402
+from sslmed.training.transforms import build_view_pipeline, image_mode  # noqa: E402
 
 MDRE = {"name": "mdre", "p": 0.5, "min_count": 3, "max_count": 8, "min_area": 0.005, "max_area": 0.04}
 COVID3 = {"name": "csv", "path": "covid3", "patient_column": "patient_id"}

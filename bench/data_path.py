@@ -33,13 +33,14 @@ from pathlib import Path
 
 import torch
 
-from sslmed.cache import CachedImageDataset, ensure_cache
-from sslmed.data import ImageDataset, resolve_data_root
+from sslmed.core.plugins import get_registry
+from sslmed.data.cache import CachedImageDataset, ensure_cache
+from sslmed.data.readers import ImageDataset
+from sslmed.data.roots import resolve_data_root
 from sslmed.default_plugins.backbones import ResNetBackbone
 from sslmed.default_plugins.datasets import CsvArgs, build_csv
 from sslmed.default_plugins.simclr import SimCLRArgs, SimCLRMethod
-from sslmed.plugins import get_registry
-from sslmed.transforms import build_batched_pipeline, build_view_pipeline
+from sslmed.training.transforms import build_batched_pipeline, build_view_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 AUGMENTATIONS = [{"name": "simclr", "min_scale": 0.3}, {"name": "mdre", "p": 0.5}]

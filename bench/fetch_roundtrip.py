@@ -1,7 +1,7 @@
 """The whole catalogue through ``sslmed data fetch``, offline: is a fetched copy the same data?
 
 Archives laid out like each dataset's public origin are built from the full copies in
-../shared/data (``tests/fetch_support.py``) and served on 127.0.0.1; every dataset is
+../shared/data (:mod:`sslmed.testing.loopback`) and served on 127.0.0.1; every dataset is
 fetched in catalogue order into an empty data root, so each is de-duplicated against
 the ones fetched before it, as on a fresh machine. Each fetched dataset is then
 compared with the shared copy: images, ``labels.csv`` rows, content digest (rows +
@@ -26,9 +26,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from fetch_support import (  # noqa: E402 (the tests' helpers)
+from sslmed.core.plugins import get_registry  # noqa: E402
+from sslmed.data.catalog import CATALOG, MARKER, content_digest  # noqa: E402
+from sslmed.data.fetch import fetch_dataset  # noqa: E402
+from sslmed.testing.loopback import (
     DATA,
     covid3_zip,
     cxnet_zip,
@@ -40,10 +41,6 @@ from fetch_support import (  # noqa: E402 (the tests' helpers)
     serve,
     shared_rows,
 )
-
-from sslmed.catalog import CATALOG, MARKER, content_digest  # noqa: E402
-from sslmed.fetch import fetch_dataset  # noqa: E402
-from sslmed.plugins import get_registry  # noqa: E402
 
 #: how the dataset adapters read each set (the splits compared)
 SPECS = {

@@ -33,7 +33,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-DATA = Path(os.environ.get("SSLMED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+from sslmed.data.roots import resolve_data_root
+
+DATA = resolve_data_root()
 SAMPLES = DATA / "samples"
 MEMORY_BOUND_MB = 1024
 
@@ -116,11 +118,9 @@ def sample_files() -> dict[str, bytes]:
 
 def _dicom_from(png: Path) -> bytes:
     """A 12-bit DICOM (in 16-bit words, with a window) of a real radiograph."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from dicom_support import dicom_bytes, dicom_dataset
     from PIL import Image
+
+    from sslmed.testing.dicom import dicom_bytes, dicom_dataset
 
     pixels = np.asarray(Image.open(png).convert("L").resize((128, 128))).astype(np.uint16) * 16
     ds = dicom_dataset(*pixels.shape, bits_stored=12)
@@ -156,7 +156,7 @@ def check_recipe_text(text: str, folder: Path) -> None:
     """``sslmed validate --no-data`` on the text: exit 0 or 2, one message, no traceback."""
     from click.testing import CliRunner
 
-    from sslmed.cli import cli
+    from sslmed.app.cli import cli
 
     path = folder / "fuzz.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogateescape")
@@ -169,9 +169,9 @@ def check_recipe_text(text: str, folder: Path) -> None:
 
 def check_override(text: str, folder: Path) -> None:
     """``--set TEXT`` on a valid recipe: validates or UsageError/RecipeError, nothing else."""
-    from sslmed.errors import UsageError
-    from sslmed.plugins import get_registry
-    from sslmed.recipe import load_recipe
+    from sslmed.core.errors import UsageError
+    from sslmed.core.plugins import get_registry
+    from sslmed.core.recipe import load_recipe
 
     path = folder / "valid.yaml"
     if not path.is_file():
@@ -184,8 +184,8 @@ def check_override(text: str, folder: Path) -> None:
 
 def check_image_bytes(item: tuple[str, bytes], folder: Path) -> None:
     """``load_image`` on a mutated file: an image or ImageLoadError."""
-    from sslmed.errors import ImageLoadError
-    from sslmed.imaging import load_image
+    from sslmed.core.errors import ImageLoadError
+    from sslmed.data.imaging import load_image
 
     name, data = item
     path = folder / name
@@ -202,7 +202,7 @@ def check_image_bytes(item: tuple[str, bytes], folder: Path) -> None:
 
 def check_upload(item: tuple[str, bytes], folder: Path, service: Any) -> None:
     """The page's handlers on an uploaded file: probabilities or DemoError."""
-    from sslmed.webapp import DemoError
+    from sslmed.serving.web.service import DemoError
 
     name, data = item
     path = folder / name
@@ -272,8 +272,8 @@ def _service(folder: Path) -> Any:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from serve_load import export_resnet18
 
-    from sslmed.predict import Predictor
-    from sslmed.webapp import DemoService
+    from sslmed.serving.predict import Predictor
+    from sslmed.serving.web.service import DemoService
 
     return DemoService(Predictor(export_resnet18(folder / "model", image_size=64), device="cpu"), max_upload_mb=20)
 

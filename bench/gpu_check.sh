@@ -12,7 +12,7 @@ start=$(date +%s)
 timeout 150 python3 bench/throughput.py --device cuda --image-size 64 --batch-size 256 --steps 30 --warmup 5 --rounds 3 --workers 8 --out "$OUT/throughput_gpu.json" > "$OUT/throughput_gpu.log" 2>&1
 echo "throughput: $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"; tail -20 "$OUT/throughput_gpu.log"
 start=$(date +%s)
-timeout 200 python3 -m sslmed.cli run recipes/pneumoniamnist.yaml --runs-dir "$OUT/runs" \
+timeout 200 python3 -m sslmed.app.cli run recipes/pneumoniamnist.yaml --runs-dir "$OUT/runs" \
   --set steps.0.epochs=15 --set steps.0.num_workers=8 --set steps.0.accelerator=gpu > "$OUT/pneumoniamnist.log" 2>&1
 echo "pneumoniamnist: $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"; tail -12 "$OUT/pneumoniamnist.log"
 find "$OUT/runs" -name "*.ckpt" -delete; find "$OUT/runs" -name "*.safetensors" -delete

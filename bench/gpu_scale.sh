@@ -27,8 +27,8 @@ run() {  # name, timeout, command...
 { date -u; uname -n; cat /proc/loadavg; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null; } | tee "$OUT/summary.txt"
 
 # cold then warm image cache of cxr_corpus at the training size
-run cache_cold 600 $PY -m sslmed.cli data cache recipes/simclr_multistep.yaml --step corpus --set defaults.image_size=$SIZE
-run cache_warm 600 $PY -m sslmed.cli data cache recipes/simclr_multistep.yaml --step corpus --set defaults.image_size=$SIZE
+run cache_cold 600 $PY -m sslmed.app.cli data cache recipes/simclr_multistep.yaml --step corpus --set defaults.image_size=$SIZE
+run cache_warm 600 $PY -m sslmed.app.cli data cache recipes/simclr_multistep.yaml --step corpus --set defaults.image_size=$SIZE
 # loader (cache + augmentation) vs training step, median of rounds; then the step's options one by one
 run data_path 900 $PY bench/data_path.py --device $DEVICE --image-size $SIZE --batch-size $BATCH --workers $WORKERS \
   --rounds $ROUNDS --batches $BATCHES --steps $STEPS
@@ -46,7 +46,7 @@ if command -v nvidia-smi > /dev/null; then
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/gpu_util.csv" &
   SMI=$!
 fi
-run corpus_run 900 $PY -m sslmed.cli run recipes/simclr_multistep.yaml --runs-dir "$OUT/runs" \
+run corpus_run 900 $PY -m sslmed.app.cli run recipes/simclr_multistep.yaml --runs-dir "$OUT/runs" \
   --set defaults.image_size=$SIZE --set defaults.batch_size=$BATCH --set defaults.num_workers=$WORKERS \
   --set defaults.accelerator=$ACCEL --set defaults.augment_on=device --set steps.0.max_steps=$CORPUS_STEPS \
   --set steps.1.max_steps=2 --set evaluation.baselines=[] --set evaluation.probes=[linear]

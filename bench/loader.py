@@ -1,14 +1,14 @@
 """Images per second of sslmed's one image loader on the real covid3 PNGs.
 
 What is timed is what evaluation and predict do for every image: decode the file with
-:func:`sslmed.imaging.load_image` (8-bit grey), then the evaluation transform
+:func:`sslmed.data.imaging.load_image` (8-bit grey), then the evaluation transform
 (resize to SIZE², to float, normalise). Three ways:
 
 * ``single``: a plain loop in this process;
-* ``loader w0``: a torch ``DataLoader`` over :class:`sslmed.data.ImageDataset`, no workers;
+* ``loader w0``: a torch ``DataLoader`` over :class:`sslmed.data.readers.ImageDataset`, no workers;
 * ``loader w2``: the same with 2 worker processes.
 
-Also the once-per-source decode check (:func:`sslmed.data.verify_source`).
+Also the once-per-source decode check (:func:`sslmed.data.verify.verify_source`).
 
     .venv/bin/python bench/loader.py                 # all of covid3 (1,123 images)
     .venv/bin/python bench/loader.py --limit 300 --sizes 64
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from sslmed.data import ImageDataset, verify_source
+from sslmed.data.imaging import load_image
+from sslmed.data.readers import ImageDataset
+from sslmed.data.verify import verify_source
 from sslmed.default_plugins.datasets import CsvArgs, build_csv
-from sslmed.imaging import load_image
-from sslmed.transforms import eval_transform
+from sslmed.training.transforms import eval_transform
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

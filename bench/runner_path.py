@@ -21,7 +21,7 @@ from pathlib import Path
 
 def main() -> None:
     import sslmed
-    from sslmed.data import resolve_data_root
+    from sslmed.data.roots import resolve_data_root
 
     root = Path(sslmed.__file__).parent
     runner_file = str(root / "runner.py")
@@ -44,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         recipe = Path(folder) / "tiny.yaml"
         recipe.write_text(f"data_root: {resolve_data_root()}\n" + tiny)
-        from sslmed.cli import cli
+        from sslmed.app.cli import cli
 
         sys.setprofile(profile)
         try:

@@ -62,8 +62,8 @@ def export_resnet18(directory: Path, image_size: int = 224) -> Path:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from sslmed.export import export_classifier
-    from sslmed.plugins import get_registry
+    from sslmed.core.plugins import get_registry
+    from sslmed.serving.export import export_classifier
 
     torch.manual_seed(0)
     spec = {"name": "resnet18", "small_input": False}
@@ -385,7 +385,7 @@ def load_test(args: argparse.Namespace) -> None:
 
 def model_only_ms(model: Path, image: str, repeats: int = 30) -> tuple[float, float]:
     """Median ms of loading + predicting one image in-process (load+predict, predict only)."""
-    from sslmed.predict import Predictor
+    from sslmed.serving.predict import Predictor
 
     predictor = Predictor(model, device="cpu")
     loaded = predictor.load(image)
@@ -417,9 +417,9 @@ def export_source(ref: str, folder: Path) -> Path:
 def add_trust(model: Path) -> None:
     """Give a bench export a temperature and an OOD score (random statistics of the right
     shape), so the new server runs the full prediction path, OOD score included."""
-    from sslmed.calibration import calibrate
-    from sslmed.checkpoints import load_model_files, save_model
-    from sslmed.ood import fit_feature_distance
+    from sslmed.artifacts.exports import load_model_files, save_model
+    from sslmed.evaluation.calibration import calibrate
+    from sslmed.evaluation.ood import fit_feature_distance
 
     tensors, meta = load_model_files(model)
     dim = tensors["head.weight"].shape[1]
@@ -435,7 +435,7 @@ def add_trust(model: Path) -> None:
 def model_parts_ms(model: Path, image: str, repeats: int) -> dict[str, float]:
     """In this process, median ms of: the forward pass as the server ran it before (plain
     modules) and now (batch norm folded, channels-last), and the OOD score alone."""
-    from sslmed.predict import Predictor
+    from sslmed.serving.predict import Predictor
 
     predictor = Predictor(model, device="cpu")
     x = predictor.model_input(predictor.load(image))

@@ -137,7 +137,7 @@ def run_one(
     command = [
         sys.executable,
         "-m",
-        "sslmed.cli",
+        "sslmed.app.cli",
         "run",
         str(REPO / "recipes" / f"{experiment['recipe']}.yaml"),
         "--runs-dir",

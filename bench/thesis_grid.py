@@ -49,7 +49,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sslmed.recipe import load_raw  # noqa: E402
+from sslmed.core.recipe import load_raw  # noqa: E402
 
 METHODS = {  # method -> the shipped recipe its objective and augmentations come from
     "simclr": "simclr",
@@ -273,7 +273,7 @@ def run_job(job: Job, out: Path, data_root: Path, deadline: float | None) -> dic
     recipe_path = out / "recipes" / f"{job.id}.yaml"
     recipe_path.parent.mkdir(parents=True, exist_ok=True)
     recipe_path.write_text(yaml.safe_dump({"data_root": str(data_root), **job.recipe}, sort_keys=False))
-    command = [sys.executable, "-m", "sslmed.cli", "-q", "run", str(recipe_path), "--run-dir", str(job.run_dir)]
+    command = [sys.executable, "-m", "sslmed.app.cli", "-q", "run", str(recipe_path), "--run-dir", str(job.run_dir)]
     started = time.perf_counter()
     log = out / "logs" / f"{job.id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -344,7 +344,7 @@ def predictions_by_seed(
 def summary(results: list[dict[str, Any]], budget: Budget, samples: int) -> str:
     """``grid.md``: per target, probe and label fraction, every row with its interval,
     then each claim as a paired comparison."""
-    from sslmed.comparisons import compare, interval
+    from sslmed.evaluation.comparisons import compare, interval
 
     lines = []
     targets = sorted({e["target"] for e in results if e.get("target")})
@@ -422,7 +422,7 @@ def write_report(out: Path, run_dirs: list[str]) -> None:
     if run_dirs:
         labels = REPO / "bench" / "grid_labels.yaml"
         command = ["report", *run_dirs, "--out", str(out / "report"), "--labels", str(labels), "--title", "thesis grid"]
-        subprocess.call([sys.executable, "-m", "sslmed.cli", "-q", *command], cwd=REPO)
+        subprocess.call([sys.executable, "-m", "sslmed.app.cli", "-q", *command], cwd=REPO)
 
 
 # ------------------------------------------------------------------ the sweep

@@ -25,12 +25,14 @@ from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
 from PIL import Image
 
-from sslmed.data import ArrayReader, ImageDataset, ImageRecord, ImageSource, resolve_data_root
+from sslmed.core.plugins import get_registry
+from sslmed.core.recipe import StepSettings
+from sslmed.data.readers import ArrayReader, ImageDataset
+from sslmed.data.roots import resolve_data_root
+from sslmed.data.sources import ImageRecord, ImageSource
 from sslmed.default_plugins.backbones import ResNetBackbone
-from sslmed.engine import build_method, make_trainer
-from sslmed.plugins import get_registry
-from sslmed.recipe import StepSettings
-from sslmed.transforms import build_view_pipeline, normalize_values
+from sslmed.training.engine import build_method, make_trainer
+from sslmed.training.transforms import build_view_pipeline, normalize_values
 
 DATA = resolve_data_root() / "pneumoniamnist" / "pneumoniamnist.npz"
 

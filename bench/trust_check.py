@@ -68,11 +68,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-    from sslmed.calibration import expected_calibration_error, softmax
-    from sslmed.evaluation import fit_linear
-    from sslmed.ood import detection_summary
-    from sslmed.predict import Predictor
-    from sslmed.trust import fit_trust, probe_logits
+    from sslmed.evaluation.calibration import expected_calibration_error, softmax
+    from sslmed.evaluation.ood import detection_summary
+    from sslmed.evaluation.probes import fit_linear
+    from sslmed.evaluation.trust import fit_trust, probe_logits
+    from sslmed.serving.predict import Predictor
 
     load_at_start = os.getloadavg()
     began = time.perf_counter()

@@ -2,7 +2,7 @@
 
     .venv/bin/python demo/app.py runs/quickstart/<stamp>        # or SSLMED_MODEL=... python demo/app.py
 
-The same as ``sslmed serve``; the page itself is :func:`sslmed.webapp.build_demo`,
+The same as ``sslmed serve``; the page itself is :func:`sslmed.serving.web.page.build_demo`,
 re-exported here so that ``from demo.app import build_demo`` works too. Settings come
 from the command line or the environment: ``SSLMED_MODEL`` (run or model folder),
 ``SSLMED_HOST`` (default 127.0.0.1), ``SSLMED_PORT`` (7860), ``SSLMED_MAX_UPLOAD_MB``
@@ -16,7 +16,9 @@ import argparse
 import os
 import sys
 
-from sslmed.webapp import build_demo, launch_options, read_credentials, serve
+from sslmed.serving.web.auth import read_credentials
+from sslmed.serving.web.page import build_demo
+from sslmed.serving.web.server import launch_options, serve
 
 __all__ = ["build_demo", "launch_options", "main", "serve"]
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("name a run folder (or set SSLMED_MODEL)")
-    from sslmed.errors import SslmedError
+    from sslmed.core.errors import SslmedError
 
     try:
         serve(

@@ -170,7 +170,7 @@ def _fields_table(schema: dict[str, Any], anchors: dict[str, str]) -> str:
 
 
 def render_recipe_schema() -> str:
-    from sslmed.recipe import recipe_schema
+    from sslmed.core.recipe import recipe_schema
 
     schema = recipe_schema()
     order = [
@@ -252,7 +252,7 @@ def render_hookspec(name: str) -> str:
 
 
 def render_datasets() -> str:
-    from sslmed.catalog import CATALOG
+    from sslmed.data.catalog import CATALOG
 
     rows = ["| name | images | licence | source | size | files |", "|---|---|---|---|---|---|"]
     for e in CATALOG.values():
@@ -284,7 +284,7 @@ def on_pre_build(config: Any) -> None:
 
 
 def on_files(files: Any, config: Any) -> Any:
-    from sslmed.recipe import recipe_schema
+    from sslmed.core.recipe import recipe_schema
 
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sslmed recipe", **recipe_schema()}
     files.append(File.generated(config, SCHEMA_FILE, content=json.dumps(schema, indent=2) + "\n"))

@@ -1,21 +1,52 @@
-"""Shared fixtures: the real data folder and small recipes on real data."""
+"""Shared fixtures and markers: the real data folder, small recipes on real data, and
+the skip conditions written once.
+
+Markers (declared in pyproject.toml):
+
+* ``needs_data``: skipped when the real data (``../shared/data`` or ``$SSLMED_DATA``,
+  :func:`sslmed.data.roots.resolve_data_root`) is absent;
+* ``needs_chromium``: skipped without Debian's chromium (``apt-get install chromium``);
+* ``gpu``: skipped without a CUDA device;
+* ``slow``: trains for minutes on real data (``make test-fast`` leaves them out).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from sslmed.data.roots import resolve_data_root
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SSLMED_DATA", REPO.parent / "shared" / "data"))
+DATA = resolve_data_root()
+CHROMIUM = os.environ.get("SSLMED_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def data_present() -> bool:
+    """True when the real data the tests read is there (covid3 is in every copy of it)."""
+    return (DATA / "covid3" / "labels.csv").is_file()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("needs_data") and not data_present():
+        pytest.skip(f"real data not found at {DATA} (see ../shared/data/README.md or set SSLMED_DATA)")
+    if item.get_closest_marker("needs_chromium") and not Path(CHROMIUM).is_file():
+        pytest.skip(f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real chest X-ray data (../shared/data); tests needing it skip without it."""
-    if not (DATA / "covid3" / "labels.csv").is_file():
-        pytest.skip(f"real data not found at {DATA} (set SSLMED_DATA)")
+    if not data_present():
+        pytest.skip(f"real data not found at {DATA} (see ../shared/data/README.md or set SSLMED_DATA)")
     return DATA
 
 
@@ -70,7 +101,7 @@ def trained_run(tmp_path_factory, data_dir: Path) -> Path:
     """One finished two-step run of the tiny recipe (through the CLI), shared by tests."""
     from click.testing import CliRunner
 
-    from sslmed.cli import cli
+    from sslmed.app.cli import cli
 
     folder = tmp_path_factory.mktemp("trained")
     recipe = folder / "tiny.yaml"

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from lightly.transforms import SimCLRTransform
 from pydantic import BaseModel, ConfigDict, Field
 
-from sslmed.hookspecs import hookimpl
-from sslmed.transforms import MEAN, STD, normalize_values
+from sslmed.core.hookspecs import Register, hookimpl
+from sslmed.training.transforms import MEAN, STD, normalize_values
 
 
 class SimCLRViewArgs(BaseModel):
@@ -222,5 +222,5 @@ def build_batched_simclr_views(
 
 
 @hookimpl
-def register_augmentations(register: Any) -> None:
+def register_augmentations(register: Register) -> None:
     register("simclr", build_simclr_views, args=SimCLRViewArgs, stage="views", batched=build_batched_simclr_views)

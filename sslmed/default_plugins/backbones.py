@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torchvision import models as tv_models
 
-from sslmed.hookspecs import hookimpl
-from sslmed.models import Backbone
+from sslmed.core.backbone import Backbone
+from sslmed.core.hookspecs import Register, hookimpl
 
 
 class ResNetBackbone(Backbone):
@@ -61,6 +61,6 @@ def build_resnet(arch: str, args: ResNetArgs, *, in_channels: int = 1, **_contex
 
 
 @hookimpl
-def register_backbones(register: Any) -> None:
+def register_backbones(register: Register) -> None:
     for arch in ("resnet18", "resnet34", "resnet50"):
         register(arch, partial(build_resnet, arch), args=ResNetArgs, description=f"torchvision {arch}, random init")

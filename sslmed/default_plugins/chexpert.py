@@ -27,7 +27,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sslmed.adapters import (
+from sslmed.core.errors import DataError
+from sslmed.core.hookspecs import Register, hookimpl
+from sslmed.core.registry import close_matches
+from sslmed.data.adapters import (
     UNLABELLED,
     ImageRecord,
     ImageSource,
@@ -38,9 +41,6 @@ from sslmed.adapters import (
     resolve_path,
     split_records,
 )
-from sslmed.errors import DataError
-from sslmed.hookspecs import hookimpl
-from sslmed.registry import close_matches
 
 #: the 14 observations of CheXpert, in the order of the official CSV header
 FINDINGS = (
@@ -263,5 +263,5 @@ def build_chexpert(args: ChexpertArgs, *, data_root: Path, **_context: Any) -> I
 
 
 @hookimpl
-def register_datasets(register: Any) -> None:
+def register_datasets(register: Register) -> None:
     register("chexpert", build_chexpert, args=ChexpertArgs)

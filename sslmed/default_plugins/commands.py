@@ -1,6 +1,6 @@
 """The core commands: ``run``, ``validate``, ``plugins``, ``list``, ``info``, ``eval``, ``predict``.
 
-Registered through ``register_commands`` like every other command (see ``sslmed.cli``).
+Registered through ``register_commands`` like every other command (see ``sslmed.app.cli``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 
 import click
 
-from sslmed.errors import UsageError
-from sslmed.hookspecs import hookimpl
-from sslmed.registry import KINDS, Nested
+from sslmed.core.errors import ImageLoadError, UnknownComponentError, UsageError
+from sslmed.core.hookspecs import hookimpl
+from sslmed.core.plugins import disable_hint, get_registry, plugin_infos
+from sslmed.core.registry import KINDS, Nested, close_matches
 
 KIND_CHOICES = KINDS
 
@@ -54,7 +55,8 @@ KIND_CHOICES = KINDS
 )
 def run(recipe: Path, overrides: tuple[str, ...], resume: str | None, runs_dir: Path, run_dir: Path | None) -> None:
     """Run RECIPE: every pre-training step, then the evaluation; print the results table."""
-    from sslmed.runner import run_recipe
+    # lazily: Lightning and scikit-learn load only for the command that runs
+    from sslmed.app.runner import run_recipe
 
     if resume and run_dir:
         raise UsageError(
@@ -63,7 +65,7 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: str | None, runs_dir: 
     result = run_recipe(recipe, overrides, runs_dir=runs_dir, resume=resume, run_dir=run_dir)
     if result is None:  # a DDP worker process: rank 0 reports
         return
-    if logging.getLogger("sslmed.runner").getEffectiveLevel() > logging.INFO:
+    if logging.getLogger("sslmed.app.runner").getEffectiveLevel() > logging.INFO:
         click.echo(f"run folder: {result.run_dir}", err=True)  # -q: the log line saying so was not shown
     if result.table:
         click.echo(result.table)
@@ -75,7 +77,8 @@ def run(recipe: Path, overrides: tuple[str, ...], resume: str | None, runs_dir: 
 @click.option("--no-data", is_flag=True, help="Check the recipe only, not that its data exists.")
 def validate(recipe: Path, overrides: tuple[str, ...], no_data: bool) -> None:
     """Check RECIPE completely (keys, components, arguments, references, data); run nothing."""
-    from sslmed.prepare import build_sources, load_recipe_file
+    # lazily: torch loads only for the command that runs
+    from sslmed.app.prepare import build_sources, load_recipe_file
 
     loaded, registry = load_recipe_file(recipe, overrides)
     if not no_data:
@@ -92,7 +95,6 @@ def validate(recipe: Path, overrides: tuple[str, ...], no_data: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List loaded plugins: name, version, hooks and the components each gave."""
-    from sslmed.plugins import disable_hint, get_registry, plugin_infos
 
     registry = get_registry()
     infos = []
@@ -128,7 +130,6 @@ def plugins(as_json: bool) -> None:
 @click.option("--pattern", default="*", help="Shell-style filter on names, e.g. 'resnet*'.")
 def list_components(kind: str | None, pattern: str) -> None:
     """List components, optionally of one KIND."""
-    from sslmed.plugins import get_registry
 
     for component in get_registry().list(kind, pattern):
         stage = component.metadata.get("stage")
@@ -169,9 +170,6 @@ def describe_component(component: Any) -> str:
 @click.option("--kind", type=click.Choice(KIND_CHOICES), help="Which kind, when several share the name.")
 def info(component: str, kind: str | None) -> None:
     """Show a COMPONENT's arguments, defaults and documentation."""
-    from sslmed.errors import UnknownComponentError
-    from sslmed.plugins import get_registry
-    from sslmed.registry import close_matches
 
     registry = get_registry()
     found = [registry.get(kind, component)] if kind else registry.find(component)
@@ -188,7 +186,8 @@ def info(component: str, kind: str | None) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 def eval_command(run_dir: Path) -> None:
     """Re-run the evaluation of a finished run in RUN_DIR and print the table."""
-    from sslmed.results import evaluate_run
+    # lazily: Lightning and scikit-learn load only for the command that runs
+    from sslmed.app.results import evaluate_run
 
     result = evaluate_run(run_dir)
     click.echo(result.table)
@@ -205,8 +204,8 @@ def predict(model: Path, images: tuple[Path, ...]) -> None:
     score with its threshold and whether the image is flagged as unlike the training
     images.
     """
-    from sslmed.errors import ImageLoadError
-    from sslmed.predict import Predictor
+    # lazily: torch loads only for the command that runs
+    from sslmed.serving.predict import Predictor
 
     predictor = Predictor(model)
     results, failed = {}, 0

@@ -21,11 +21,11 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 
+from sslmed.core.backbone import Backbone
+from sslmed.core.errors import UsageError
+from sslmed.core.hookspecs import Register, hookimpl
+from sslmed.core.registry import Nested
 from sslmed.default_plugins.simclr import SimCLRArgs, SimCLRMethod
-from sslmed.errors import UsageError
-from sslmed.hookspecs import hookimpl
-from sslmed.models import Backbone
-from sslmed.registry import Nested
 
 
 class CRSMArgs(SimCLRArgs):
@@ -120,5 +120,5 @@ def build_crsm(
 
 
 @hookimpl
-def register_objectives(register: Any) -> None:
+def register_objectives(register: Register) -> None:
     register("crsm", build_crsm, args=CRSMArgs)

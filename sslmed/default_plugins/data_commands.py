@@ -1,7 +1,7 @@
 """``sslmed data inspect`` and ``sslmed data split``: look at data before training on it.
 
 ``inspect`` reads every image of a source once and reports what a reader needs before
-trusting a result (see :mod:`sslmed.inspection`, which does the work). It writes
+trusting a result (see :mod:`sslmed.data.inspection`, which does the work). It writes
 ``report.json`` and a PNG contact sheet of a few images per class.
 
 ``split`` writes the patient-wise split file (``path,split,label,patient_id``) that a
@@ -22,10 +22,15 @@ from typing import Any
 
 import click
 
-from sslmed.data import ImageSource, patients_in_several_splits, write_split_file
-from sslmed.errors import DataError, UsageError
-from sslmed.hookspecs import hookimpl
-from sslmed.inspection import contact_sheet, format_report, inspect_source
+from sslmed.core.errors import DataError, UsageError
+from sslmed.core.files import atomic_write_json
+from sslmed.core.hookspecs import hookimpl
+from sslmed.core.plugins import get_registry
+from sslmed.data.inspection import contact_sheet, format_report, inspect_source
+from sslmed.data.roots import resolve_data_root
+from sslmed.data.sources import ImageSource
+from sslmed.data.splits import patients_in_several_splits, write_split_file
+from sslmed.default_plugins.chexpert import RELEASE_FOLDERS
 
 PATIENT_COLUMNS = ("patient_id", "patient", "PatientID", "Patient ID", "subject_id")
 SPLIT_COLUMNS = ("split", "fold")
@@ -37,8 +42,8 @@ LABEL_COLUMNS = ("label", "class", "Finding Labels")
 
 def _adapter_spec_for_path(path: Path) -> dict[str, Any]:
     """The dataset spec an unconfigured path most likely means."""
-    from sslmed.adapters import IMAGE_SUFFIXES
-    from sslmed.default_plugins.chexpert import RELEASE_FOLDERS
+    # lazily: torch loads only for the command that runs
+    from sslmed.data.adapters import IMAGE_SUFFIXES
 
     if not path.exists():
         raise DataError(f"data not found: {path}")
@@ -102,12 +107,11 @@ def build_source(
     source: str | None, recipe: Path | None, alias: str | None, **changes: Any
 ) -> tuple[ImageSource, dict[str, Any], str]:
     """The source to look at, its spec, and a short name; ``changes`` override its args."""
-    from sslmed.data import resolve_data_root
-    from sslmed.plugins import get_registry
 
     registry = get_registry()
     if recipe is not None:
-        from sslmed.prepare import load_recipe_file
+        # lazily: torch loads only for the command that runs
+        from sslmed.app.prepare import load_recipe_file
 
         loaded, registry = load_recipe_file(recipe)
         if alias is None:
@@ -189,7 +193,6 @@ def inspect_command(
         sheet_path = out / "contact_sheet.png"
         contact_sheet(built, facts, per_class).save(sheet_path)
         report["contact_sheet"] = str(sheet_path)
-    from sslmed.checkpoints import atomic_write_json
 
     atomic_write_json(out / "report.json", report)
     click.echo(json.dumps(report, indent=2, default=str) if as_json else format_report(report))
@@ -250,8 +253,9 @@ def cache_command(recipe: Path, overrides: tuple[str, ...], step_names: tuple[st
     image size (once per data and size; a cache already complete is reused). Prints
     the cache folder of each step.
     """
-    from sslmed.cache import AUTO_MIN_IMAGES, cache_root, ensure_cache, wants_cache
-    from sslmed.runner import build_sources, load_recipe_file
+    # lazily: Lightning, scikit-learn and torch load only for the command that runs
+    from sslmed.app.prepare import build_sources, load_recipe_file
+    from sslmed.data.cache import AUTO_MIN_IMAGES, cache_root, ensure_cache, wants_cache
 
     loaded, registry = load_recipe_file(recipe, overrides)
     steps = [loaded.step(name) for name in step_names] if step_names else loaded.steps

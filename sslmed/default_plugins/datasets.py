@@ -1,6 +1,6 @@
 """Dataset adapters ``image_folder``, ``csv`` and ``medmnist_npz``.
 
-The file-based ones share the loading and split options of :mod:`sslmed.adapters`
+The file-based ones share the loading and split options of :mod:`sslmed.data.adapters`
 (``on_error``, ``verify``, ``test_size``, ``split_seed``, ``split_file``...).
 """
 
@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sslmed.adapters import (
+from sslmed.core.errors import DataError
+from sslmed.core.hookspecs import Register, hookimpl
+from sslmed.data.adapters import (
     IMAGE_SUFFIXES,
     UNLABELLED,
     ArrayReader,
@@ -26,8 +28,6 @@ from sslmed.adapters import (
     read_csv_rows,
     resolve_path,
 )
-from sslmed.errors import DataError
-from sslmed.hookspecs import hookimpl
 
 
 class ImageFolderArgs(SplitArgs):
@@ -208,7 +208,7 @@ def build_medmnist(args: MedMnistArgs, *, data_root: Path, **_context: Any) -> I
 
 
 @hookimpl
-def register_datasets(register: Any) -> None:
+def register_datasets(register: Register) -> None:
     register("image_folder", build_image_folder, args=ImageFolderArgs)
     register("csv", build_csv, args=CsvArgs)
     register("medmnist_npz", build_medmnist, args=MedMnistArgs)

@@ -18,8 +18,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from sslmed.errors import UsageError
-from sslmed.hookspecs import hookimpl
+from sslmed.core.errors import UsageError
+from sslmed.core.hookspecs import Register, hookimpl
 
 
 class ResNetDecoderArgs(BaseModel):
@@ -107,7 +107,7 @@ def build_resnet_decoder(
     if not isinstance(feature_dim, int) or not isinstance(stride, int) or not hasattr(backbone, "forward_features"):
         raise UsageError(
             f"decoder 'resnet_decoder' does not support backbone {name}: it needs integer "
-            "'feature_dim' and 'stride' attributes and a 'forward_features' method (sslmed.models.Backbone)"
+            "'feature_dim' and 'stride' attributes and a 'forward_features' method (sslmed.core.backbone.Backbone)"
         )
     if stride < 1 or stride & (stride - 1):
         raise UsageError(
@@ -121,5 +121,5 @@ def build_resnet_decoder(
 
 
 @hookimpl
-def register_decoders(register: Any) -> None:
+def register_decoders(register: Register) -> None:
     register("resnet_decoder", build_resnet_decoder, args=ResNetDecoderArgs)

@@ -29,8 +29,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torchvision.transforms import v2
 
-from sslmed.errors import UsageError
-from sslmed.hookspecs import hookimpl
+from sslmed.core.errors import UsageError
+from sslmed.core.hookspecs import Register, hookimpl
 
 Direction = Literal["horizontal", "vertical", "diagonal", "antidiagonal", "square"]
 
@@ -546,7 +546,7 @@ def build_random_erasing(args: RandomErasingArgs, **_context: Any) -> RandomEras
 
 
 @hookimpl
-def register_augmentations(register: Any) -> None:
+def register_augmentations(register: Register) -> None:
     register("mdre", build_mdre, args=MdreArgs, stage="tensor", batched=lambda args, **_: BatchedMdre(args))
     register(
         "random_erasing",

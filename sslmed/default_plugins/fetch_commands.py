@@ -15,13 +15,13 @@ from typing import Any
 
 import click
 
-from sslmed.catalog import CATALOG, datasets_for_recipe, get_entry, is_present, provenance
-from sslmed.errors import UsageError
-from sslmed.hookspecs import hookimpl
+from sslmed.core.errors import UsageError
+from sslmed.core.hookspecs import hookimpl
+from sslmed.data.catalog import CATALOG, datasets_for_recipe, get_entry, is_present, provenance
+from sslmed.data.roots import resolve_data_root
 
 
 def _root(root: Path | None) -> Path:
-    from sslmed.data import resolve_data_root
 
     return Path(root) if root is not None else resolve_data_root()
 
@@ -77,8 +77,9 @@ def fetch_command(
     prepared into images/ + labels.csv and moved into place in one step: an
     interrupted fetch leaves no half dataset, and the next one resumes the download.
     """
-    from sslmed.fetch import clean_partials, fetch_dataset
-    from sslmed.fetch.download import UnreachableError
+    # lazily: the downloader loads only for `data fetch`
+    from sslmed.data.fetch import clean_partials, fetch_dataset
+    from sslmed.data.fetch.download import UnreachableError
 
     wanted = list(names)
     unknown = [n for n in wanted if n not in CATALOG]
@@ -87,7 +88,8 @@ def fetch_command(
             f"no dataset {', '.join(map(repr, unknown))} in the catalogue (datasets: {', '.join(CATALOG)})"
         )
     if recipe is not None:
-        from sslmed.runner import load_recipe_file
+        # lazily: torch loads only for the command that runs
+        from sslmed.app.prepare import load_recipe_file
 
         loaded, _registry = load_recipe_file(recipe)
         wanted += [n for n in datasets_for_recipe(loaded) if n not in wanted]

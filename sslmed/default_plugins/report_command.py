@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from sslmed.hookspecs import hookimpl
+from sslmed.core.hookspecs import hookimpl
 
 
 @click.command(name="report")
@@ -46,6 +46,7 @@ def report(
 
     Each RUN_DIR is a run folder, or a folder with run folders below it (e.g. runs/).
     """
+    # lazily: matplotlib and torch load only for `report`
     from sslmed.report import Labels, build_report
 
     labels = Labels.from_file(labels_file) if labels_file else None

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from sslmed.hookspecs import hookimpl
+from sslmed.core.errors import UsageError
+from sslmed.core.hookspecs import hookimpl
 
 
 @click.command()
@@ -74,10 +75,10 @@ def serve(
     docs/serving.md). Binding beyond loopback needs logins (--auth-file or
     $SSLMED_AUTH) or --no-auth. Nothing is shared publicly; stop with Ctrl-C.
     """
-    from sslmed.errors import UsageError
-    from sslmed.predict import Predictor
-    from sslmed.webapp import is_loopback, read_credentials
-    from sslmed.webapp import serve as serve_demo
+    # lazily: torch loads only for the command that runs; Gradio (seconds) loads only for `serve`
+    from sslmed.serving.predict import Predictor
+    from sslmed.serving.web.auth import is_loopback, read_credentials
+    from sslmed.serving.web.server import serve as serve_demo
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
 

@@ -9,9 +9,9 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
-from sslmed.hookspecs import hookimpl
-from sslmed.methods import SSLMethod
-from sslmed.models import Backbone
+from sslmed.core.backbone import Backbone
+from sslmed.core.hookspecs import Register, hookimpl
+from sslmed.training.methods import SSLMethod
 
 
 class SimCLRArgs(BaseModel):
@@ -59,5 +59,5 @@ def build_simclr(args: SimCLRArgs, *, backbone: Backbone, **_context: Any) -> Si
 
 
 @hookimpl
-def register_objectives(register: Any) -> None:
+def register_objectives(register: Register) -> None:
     register("simclr", build_simclr, args=SimCLRArgs)

@@ -22,11 +22,11 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from sslmed.data import UNLABELLED, ImageRecord, ImageSource
-from sslmed.errors import DataError
-from sslmed.hookspecs import hookimpl
-from sslmed.inspection import average_hash
-from sslmed.registry import Nested
+from sslmed.core.errors import DataError
+from sslmed.core.hookspecs import Register, hookimpl
+from sslmed.core.registry import Nested
+from sslmed.data.inspection import average_hash
+from sslmed.data.sources import UNLABELLED, ImageRecord, ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -160,5 +160,5 @@ def build_union(args: UnionArgs, *, data_root: Path, build: Callable[..., Any], 
 
 
 @hookimpl
-def register_datasets(register: Any) -> None:
+def register_datasets(register: Register) -> None:
     register("union", build_union, args=UnionArgs)

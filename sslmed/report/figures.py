@@ -14,10 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from sslmed.artifacts.exports import load_backbone_weights, load_tensors, read_backbone_meta
+from sslmed.artifacts.rundir import RunDir
+from sslmed.core.plugins import get_registry
 from sslmed.report.labels import BASELINE_NAMES, Labels
 from sslmed.report.runs import Run
 from sslmed.report.stats import Entry
-from sslmed.rundir import RunDir
+from sslmed.training.transforms import MEAN, STD, eval_transform, image_mode
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,6 @@ def loss_figure(runs: list[Run], path: Path, labels: Labels | None = None) -> bo
 
 
 def _to_image(tensor: Any) -> np.ndarray:
-    from sslmed.transforms import MEAN, STD
 
     array = (tensor.detach().float().cpu().numpy() * STD + MEAN).clip(0, 1)
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
@@ -95,8 +97,6 @@ def _to_image(tensor: Any) -> np.ndarray:
 
 def _test_images(run: Run, count: int, size: int, in_channels: int) -> list[Any]:
     """``count`` real test images of the run's target set as normalised tensors."""
-    from sslmed.plugins import get_registry
-    from sslmed.transforms import eval_transform, image_mode
 
     evaluation = run.recipe.get("evaluation") or {}
     spec = (run.recipe.get("data") or {}).get(evaluation.get("data"))
@@ -137,8 +137,6 @@ def erasing_figure(runs: list[Run], path: Path, size: int = 128, labels: Labels 
     the runs used (and those ``labels.figure_augmentations`` names)."""
     import torch
 
-    from sslmed.plugins import get_registry
-
     registry = get_registry()
     specs = _tensor_augmentations(runs, registry, (labels or Labels()).figure_augmentations)
     if not specs:
@@ -176,9 +174,6 @@ def erasing_figure(runs: list[Run], path: Path, size: int = 128, labels: Labels 
 def reconstruction_figure(run: Run, path: Path, count: int = 4, labels: Labels | None = None) -> bool:
     """For a run whose last step exported a decoder: input, erased view, reconstruction."""
     import torch
-
-    from sslmed.checkpoints import load_backbone_weights, load_tensors, read_backbone_meta
-    from sslmed.plugins import get_registry
 
     registry = get_registry()
     steps = run.recipe.get("steps", [])

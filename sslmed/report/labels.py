@@ -19,7 +19,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from sslmed.errors import UsageError
+from sslmed.core.errors import UsageError
 
 #: row labels of the reference rows every evaluation writes
 BASELINE_NAMES = {"random_init": "random init", "raw_pixels": "raw pixels", "supervised": "supervised (from scratch)"}

@@ -11,7 +11,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sslmed.errors import UsageError
+from sslmed.artifacts.rundir import RELIABILITY, RunDir
+from sslmed.core.errors import UsageError
+from sslmed.core.files import atomic_write_bytes, atomic_write_text
 from sslmed.report.figures import (
     _slug,
     confusion_figure,
@@ -23,7 +25,6 @@ from sslmed.report.figures import (
 from sslmed.report.labels import Labels
 from sslmed.report.runs import Run, find_runs, load_run
 from sslmed.report.stats import Entry, claim_lines, entries_for_target
-from sslmed.rundir import RELIABILITY, RunDir, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 

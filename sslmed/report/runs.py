@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sslmed.errors import UsageError
-from sslmed.rundir import RESULTS_JSON, RunDir
+from sslmed.artifacts.rundir import RESULTS_JSON, RunDir
+from sslmed.core.errors import UsageError
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from sslmed.metrics import metric_values
+from sslmed.core.metrics import metric_values
 from sslmed.report.labels import BASELINE_NAMES, Claim, Labels
 from sslmed.report.runs import Run
 

@@ -1,0 +1,136 @@
+"""Evaluating a pre-trained backbone: frozen-feature probes, references and fine-tuning.
+
+Every results table shows the pre-trained backbone next to the same backbone at
+random initialisation, a probe on raw pixels and a supervised-from-scratch model, so
+a reader sees what pre-training bought. :func:`evaluate` is the one call: it returns
+the rows and the fitted linear probe (with its calibration and OOD score);
+:mod:`sslmed.app.results` writes them and :mod:`sslmed.serving.export` exports the probe.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+
+from sslmed.artifacts.exports import load_backbone_weights
+from sslmed.artifacts.rundir import StepDir
+from sslmed.core.backbone import Backbone
+from sslmed.core.recipe import Recipe
+from sslmed.core.registry import Registry
+from sslmed.core.tasks import MULTICLASS, Task, task_for
+from sslmed.data.sources import ImageSource
+from sslmed.evaluation.features import RAW_PIXELS, FeatureSet, LabelledSplit, extract_features
+from sslmed.evaluation.finetune import finetune_rows
+from sslmed.evaluation.probes import probe_rows
+from sslmed.evaluation.supervised import supervised_proba
+from sslmed.evaluation.trust import TrustFit, fit_trust
+from sslmed.training.engine import backbone_identity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` found: the results rows, and the pre-trained backbone with the
+    linear probe fitted on all its training labels (None without a linear probe)."""
+
+    rows: list[dict[str, Any]]
+    classes: list[str]
+    task: Task
+    backbone: Backbone
+    linear: Any = None
+    model: str = ""
+    #: the linear probe's temperature and OOD score (multi-class only; see :mod:`sslmed.evaluation.trust`)
+    trust: TrustFit | None = None
+
+
+def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: ImageSource) -> Evaluation:
+    """Probe the backbone exported in ``step_dir`` (the recipe's probed step) and its
+    references on ``source``, as the recipe's ``evaluation`` section says."""
+    settings = recipe.evaluation
+    assert settings is not None  # callers check; the message is theirs
+    step = recipe.probed_step()
+    task = task_for(source.task)
+
+    def labelled(split: str) -> LabelledSplit:  # unlabelled images are for pre-training only
+        return LabelledSplit(source, [r for r in source.records(split) if r.is_labelled])
+
+    splits = {"train": labelled(settings.train_split), "test": labelled(settings.test_split)}
+    if "val" in source.splits and settings.train_split != "val" and settings.test_split != "val":
+        splits["val"] = labelled("val")
+    labels = {name: split.labels for name, split in splits.items()}
+    size, channels, batch = step.image_size, step.in_channels, settings.batch_size
+
+    def build_backbone() -> Any:
+        L.seed_everything(settings.seed, verbose=False)
+        return registry.build("backbone", step.backbone.spec(), in_channels=channels)
+
+    pretrained = build_backbone()
+    load_backbone_weights(step_dir.path, pretrained, expect=backbone_identity(step))
+    log.info("evaluation: probing step %s on %s", step.name, settings.data)
+    name = f"sslmed:{step.name}"
+    models: dict[str, Backbone | None] = {name: pretrained}
+    if "random_init" in settings.baselines:
+        models["random_init"] = build_backbone()
+    if "raw_pixels" in settings.baselines:
+        models["raw_pixels"] = RAW_PIXELS
+    per_split = {k: extract_features(models, s, size, channels, batch) for k, s in splits.items()}
+    result = Evaluation([], source.classes, task, pretrained, model=name)
+    for model in models:
+        features = FeatureSet(
+            model, per_split["train"][model], per_split["test"][model], per_split.get("val", {}).get(model)
+        )
+        probed = probe_rows(features, labels, source.classes, settings, task)
+        result.rows += probed.rows
+        if model == name:
+            result.linear = probed.linear
+            if settings.trust and probed.linear is not None and task.name == MULTICLASS.name:
+                log.info("evaluation: calibrating the linear probe and fitting the out-of-distribution score")
+                result.trust = fit_trust(
+                    probed.linear,
+                    len(source.classes),
+                    (features.train, labels["train"]),
+                    (features.test, labels["test"]),
+                    (features.val, labels["val"]) if features.val is not None else None,
+                    seed=settings.seed,
+                )
+    if "supervised" in settings.baselines and not task.supervised_reference:
+        log.warning("evaluation: the supervised reference is not available for multi-label data yet; skipped")
+    elif "supervised" in settings.baselines:
+        log.info("evaluation: training the supervised reference")
+        for fraction in settings.label_fractions:
+            proba = supervised_proba(
+                build_backbone(),
+                splits["train"],
+                splits["test"],
+                len(source.classes),
+                size,
+                channels,
+                settings.supervised,
+                settings.seed,
+                fraction,
+            )
+            row = {
+                "model": "supervised",
+                "probe": "end-to-end",
+                "label_fraction": fraction,
+                "train_images": int(len(splits["train"].records) * fraction),
+                **task.metrics(labels["test"], proba, source.classes),
+            }
+            kept = task.predictions(labels["test"], proba)
+            if kept is not None:
+                row["test_predictions"] = kept
+            result.rows.append(row)
+    if settings.finetune is not None and task.supervised_reference:
+
+        def pretrained_copy() -> Backbone:
+            backbone = build_backbone()
+            load_backbone_weights(step_dir.path, backbone, expect=backbone_identity(step))
+            return backbone
+
+        tuned = {name: pretrained_copy, "random_init": build_backbone}  # same network, same seed, same schedule
+        result.rows += finetune_rows(tuned, splits, source.classes, size, channels, settings)
+    return result

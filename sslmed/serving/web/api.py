@@ -1,0 +1,105 @@
+"""HTTP routes beside Gradio's: ``POST /api/classify`` takes the image file as the
+request body and answers JSON in one round trip, without Gradio's queue; and the
+upload size limit on every request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sslmed.serving.predict import Prediction
+from sslmed.serving.web.auth import LoginGuard
+from sslmed.serving.web.service import FORMATS_TEXT, DemoError, DemoService
+
+
+def api_routes(service: DemoService, guard: LoginGuard | None = None, concurrency: int = 2) -> list[Any]:
+    """``POST /api/classify``: the image file as the request body (or a multipart field
+    ``file``) -> ``{"label": top class, "probabilities": ..., "calibrated": ...,
+    "out_of_distribution": ...}`` in one round trip.
+
+    It skips Gradio's upload-then-queue protocol (three requests, a temporary file and
+    an event stream), which costs more than the model itself for small images. At most
+    ``concurrency`` predictions of this route run at once; errors are JSON
+    ``{"error": message, "title": ...}`` with 400 (not an image), 401 (login needed)
+    or 413 (over the size limit).
+    """
+    import anyio
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    limiter: list[anyio.CapacityLimiter] = []  # made in the server's event loop, on first use
+    limit = int(service.max_upload_mb * 1e6)
+
+    def refuse(error: DemoError) -> JSONResponse:
+        return JSONResponse({"error": error.text, "title": error.title}, status_code=error.status)
+
+    async def classify(request: Request) -> JSONResponse:
+        if guard is not None and not guard.check_basic(request.headers.get("authorization")):
+            return JSONResponse(
+                {"error": "login required: send HTTP basic credentials (curl -u USER)", "title": "Not logged in"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Basic realm="sslmed"'},
+            )
+        name = request.query_params.get("name", "upload")
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > limit + 65536:  # refused before reading: a huge body never reaches memory
+            return refuse(DemoError(service.too_large_message(name, declared), "File too large", 413))
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=4, max_part_size=limit + 1)
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                return refuse(DemoError("No image received: send the file as the multipart field 'file'.", "No image"))
+            name, data = upload.filename or name, await upload.read()
+        else:
+            data = bytearray()
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > limit:
+                    break
+            data = bytes(data)
+        if not data:
+            return refuse(
+                DemoError(f"No image received: send the image file ({FORMATS_TEXT}) as the body.", "No image")
+            )
+        if len(data) > limit:
+            return refuse(DemoError(service.too_large_message(name, len(data)), "File too large", 413))
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(concurrency))
+
+        def run() -> Prediction:
+            return service.predictor.analyse_images([service.decode(data, name)])[0]
+
+        try:
+            result = await anyio.to_thread.run_sync(run, limiter=limiter[0])
+        except DemoError as error:
+            return refuse(error)
+        top = max(result.probabilities, key=result.probabilities.get)
+        return JSONResponse({"label": top, **result.as_dict()})
+
+    return [Route("/api/classify", classify, methods=["POST"])]
+
+
+class UploadLimit:
+    """ASGI middleware: an upload (``POST .../upload``) whose declared size is over
+    ``limit`` bytes is answered at once with 413 and sslmed's message, before any of it
+    is read or stored (Gradio's own limit would answer with its own words)."""
+
+    def __init__(self, app: Any, limit: int, max_upload_mb: float) -> None:
+        self.app, self.limit, self.max_upload_mb = app, limit, max_upload_mb
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/upload"):
+            headers = dict(scope.get("headers") or [])
+            declared = int(headers.get(b"content-length", b"0") or 0)
+            if declared > self.limit:
+                from starlette.responses import PlainTextResponse
+
+                message = (
+                    f"The file is about {declared / 1e6:.3g} MB; the limit is {self.max_upload_mb:g} MB. "
+                    "Upload a smaller export of the image (e.g. PNG or JPEG)."
+                )
+                # plain text: the page shows the body as it is ("HTTP 413: The file is ...")
+                await PlainTextResponse(message, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
