@@ -8,7 +8,7 @@ traceback); ``--set`` values likewise; image bytes (real PNG/JPEG/DICOM files fr
 upload either classifies or raises the page's ``DemoError``. Memory is checked too: the
 process's peak RSS may grow by at most ``MEMORY_BOUND_MB`` over a whole target.
 
-The bounded version runs in CI (``tests/test_fuzz.py``); this script runs the same
+The bounded version runs in CI (``tests/bench/test_fuzz.py``); this script runs the same
 targets longer and prints the cases tried and the failures, for docs/benchmarks.md:
 
     .venv/bin/python bench/fuzz.py --examples 2000

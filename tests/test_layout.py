@@ -1,7 +1,7 @@
 """The package's shape, checked: subpackages import only downwards, no import cycles,
 the stable plugin surface is only re-exports, and every function-local import says why.
 
-The allowed order is :data:`LAYERS`, written once here; docs/reference/architecture.md
+The allowed order is :data:`sslmed.testing.layers.LAYERS`, written once there; docs/reference/architecture.md
 shows the same table. A new feature that needs an arrow upwards is a sign to move code.
 """
 
@@ -15,22 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from sslmed.testing.layers import LAYERS
+
 PACKAGE = Path(__file__).resolve().parents[1] / "sslmed"
 
-#: subpackages from the bottom up: each may import its own layer and those before it
-LAYERS = (
-    "sslmed",  # the top-level __init__ (``__version__``)
-    "core",
-    "data",
-    "artifacts",
-    "training",
-    "evaluation",
-    "serving",
-    "report",
-    "app",
-    "default_plugins",
-    "testing",
-)
 
 #: the stable import paths of third-party plugins: re-exports only, never imported inside sslmed
 STABLE = ("hookspecs", "adapters", "registry", "models", "methods", "errors", "plugins", "cli")

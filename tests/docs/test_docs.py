@@ -28,7 +28,7 @@ How the code blocks of ``docs/**/*.md`` are tested (the conventions a page follo
   blocks of ``benchmarks.md`` and ``results.md``, which record the commands (GPU sweeps,
   benchmarks of minutes) that produced their numbers.
 
-Run one page with ``pytest tests/test_docs.py -k first-recipe``; pages that use an
+Run one page with ``pytest tests/docs/test_docs.py -k first-recipe``; pages that use an
 earlier page's files then run that page's setup only.
 """
 
