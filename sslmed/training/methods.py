@@ -94,9 +94,9 @@ class SSLMethod(L.LightningModule):
     def momentum_at(self, step: int) -> float:
         """The EMA momentum after optimiser step ``step``: cosine from ``momentum`` to
         ``momentum_end`` over the step's optimiser steps (lightly's ``cosine_schedule``)."""
-        total = 1
-        if self._trainer is not None:
-            total = max(1, int(self.trainer.estimated_stepping_batches))
+        if self._trainer is None:  # outside a fit: the starting momentum
+            return self.momentum
+        total = max(1, int(self.trainer.estimated_stepping_batches))
         return float(cosine_schedule(min(step, total), total, self.momentum, self.momentum_end))
 
     @torch.no_grad()
