@@ -48,7 +48,7 @@ def test_each_method_is_a_default_plugin_citing_its_paper(name: str):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_loss_and_gradients_reach_the_student_only(method: str):
-    model = build(method, small_input=False)
+    model = build(method, tiny=True)
     loss = model.compute_losses({"views": random_views(method)})["loss"]
     assert torch.isfinite(loss)
     loss.backward()
@@ -62,7 +62,7 @@ def test_loss_and_gradients_reach_the_student_only(method: str):
 
 @pytest.mark.parametrize("method", ["byol", "moco", "dino"])
 def test_momentum_encoder_is_an_ema_on_a_cosine_schedule(method: str):
-    model = build(method, small_input=False)
+    model = build(method, tiny=True)
     student, teacher = model.momentum_pairs[0]
     assert model.momentum_at(0) == pytest.approx(model.momentum)
     with torch.no_grad():
@@ -83,13 +83,13 @@ def test_momentum_encoder_is_an_ema_on_a_cosine_schedule(method: str):
 
 
 def _step(objective: dict, reconstruction: dict | None, data_dir: Path):
-    overrides = [f"defaults.objective={objective}"]
+    """The first step of recipes/simclr.yaml with another objective (and reconstruction),
+    on a ResNet-18 with its ImageNet stem at 32 px (a 1×1 last feature map: cheap)."""
+    overrides = [f"defaults.objective={objective}", "defaults.backbone.small_input=false", "defaults.image_size=32"]
     if reconstruction is not None:
         overrides.append(f"defaults.reconstruction={reconstruction}")
     recipe, registry = load_recipe_file(REPO / "recipes" / "simclr.yaml", tuple(overrides))
-    step = recipe.steps[0].model_copy(update={"image_size": 16, "backbone": recipe.steps[0].backbone.model_copy(
-        update={"name": "resnet18"})})
-    return step, registry
+    return recipe.steps[0], registry
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -98,7 +98,7 @@ def test_reconstruction_composes_with_every_objective(method: str, data_dir: Pat
     step, registry = _step(spec, {"weight": 0.5, "decoder": {"name": "resnet_decoder", "width": 16}}, data_dir)
     model = build_method(step, registry)
     assert step.reconstruction is not None and model.decoder is not None
-    views = random_views(method, size=16)
+    views = random_views(method, size=32)
     clean = [v + 1 for v in views]
     batch = {"views": views, "clean": clean}
     model._encoded = []
@@ -123,7 +123,7 @@ def test_simclr_plus_reconstruction_is_crsm(data_dir: Path):
     a, b = crsm.state_dict(), composed.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    views = [torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    views = [torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     batch = {"views": views, "clean": [v.clamp(-1, 1) for v in views]}
     expected = crsm.compute_losses(batch)
     composed._encoded = []
@@ -143,11 +143,15 @@ def test_recipe_errors_name_the_methods_own_keys(method: str, data_dir: Path):
     name = objective_spec(method)["name"]
     key = {"byol": "momentum", "dino": "teacher_temp", "barlow_twins": "redundancy_weight"}[method]
     with pytest.raises(RecipeError) as error:
-        load_recipe_file(REPO / "recipes" / f"{name}.yaml", (f"steps.0.objective.{key}=-1", "steps.0.objective.momentm=1"))
+        load_recipe_file(
+            REPO / "recipes" / f"{name}.yaml", (f"steps.0.objective.{key}=-1", "steps.0.objective.momentm=1")
+        )
     text = str(error.value)
     assert f"objective.{key}" in text and "objective.momentm" in text, text
     with pytest.raises(RecipeError, match=r"reconstruction\.decoder\.name.*unknown decoder 'resnet_decodr'"):
-        load_recipe_file(REPO / "recipes" / f"{name}.yaml", ("steps.0.reconstruction={decoder: {name: resnet_decodr}}",))
+        load_recipe_file(
+            REPO / "recipes" / f"{name}.yaml", ("steps.0.reconstruction={decoder: {name: resnet_decodr}}",)
+        )
 
 
 # ---- multi-crop views: the CPU path (lightly, per image) and the device path (batched)
@@ -159,7 +163,10 @@ def _crops(args: dict, size: int = 64):
     from sslmed.default_plugins.multicrop import MultiCropArgs, build_multicrop_views
 
     transform = build_multicrop_views(MultiCropArgs(**args), image_size=size, in_channels=1)
-    return [next(t for t in view.transform.transforms if isinstance(t, v2.RandomResizedCrop)) for view in transform.transforms]
+    return [
+        next(t for t in view.transform.transforms if isinstance(t, v2.RandomResizedCrop))
+        for view in transform.transforms
+    ]
 
 
 def test_multicrop_views_have_their_sizes_on_both_paths():
@@ -194,8 +201,11 @@ def test_multicrop_crop_scales_match_between_the_paths(which: str):
     boxes = sampler.sample_params(N, 64, 64, torch.Generator().manual_seed(0))["boxes"]
     scale = (boxes[:, 2] * boxes[:, 3] / 64**2).numpy()
     assert stats.ks_2samp(ref_scale, scale).pvalue > ALPHA
-    assert stats.ks_2samp(
-        np.array([p["width"] / p["height"] for p in reference]), (boxes[:, 3] / boxes[:, 2]).numpy()
-    ).pvalue > ALPHA
+    assert (
+        stats.ks_2samp(
+            np.array([p["width"] / p["height"] for p in reference]), (boxes[:, 3] / boxes[:, 2]).numpy()
+        ).pvalue
+        > ALPHA
+    )
     if which == "local":
         assert scale.max() <= 0.4 + 0.05 and scale.min() >= 0.02
