@@ -8,10 +8,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from sslmed.hookspecs import hookimpl
-from sslmed.methods import SSLMethod
-from sslmed.models import Backbone
-from sslmed.plugins import get_registry
+from sslmed.core.backbone import Backbone
+from sslmed.core.hookspecs import hookimpl
+from sslmed.core.plugins import get_registry
+from sslmed.training.methods import SSLMethod
 
 
 class TinyBackbone(Backbone):

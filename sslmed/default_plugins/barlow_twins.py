@@ -7,7 +7,7 @@ views is pushed towards the identity (diagonal to 1, off-diagonal to 0, weighted
 The standardisation and the correlation are batch statistics: under DDP the projections
 of every process are gathered first, so the loss and its gradients are those of the
 whole global batch. (lightly's own ``gather_distributed`` standardises per process and
-sums the per-process matrices, which is another loss; ``tests/test_methods_ddp.py``
+sums the per-process matrices, which is another loss; ``tests/training/test_methods_ddp.py``
 shows the difference.)
 
 Exported backbone: the only one (student).
@@ -22,9 +22,9 @@ from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
+from sslmed.core.backbone import Backbone
 from sslmed.core.hookspecs import hookimpl
 from sslmed.training.methods import SSLMethod, gather_batch
-from sslmed.core.backbone import Backbone
 
 
 class BarlowTwinsArgs(BaseModel):

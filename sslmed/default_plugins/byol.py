@@ -20,9 +20,9 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
+from sslmed.core.backbone import Backbone
 from sslmed.core.hookspecs import hookimpl
 from sslmed.training.methods import SSLMethod
-from sslmed.core.backbone import Backbone
 
 
 class BYOLArgs(BaseModel):

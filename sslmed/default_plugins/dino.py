@@ -21,9 +21,9 @@ from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
+from sslmed.core.backbone import Backbone
 from sslmed.core.hookspecs import hookimpl
 from sslmed.training.methods import SSLMethod
-from sslmed.core.backbone import Backbone
 
 
 class DINOArgs(BaseModel):

@@ -27,9 +27,9 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import BYOLPredictionHead, MoCoProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
+from sslmed.core.backbone import Backbone
 from sslmed.core.hookspecs import hookimpl
 from sslmed.training.methods import SSLMethod
-from sslmed.core.backbone import Backbone
 
 
 class MoCoArgs(BaseModel):

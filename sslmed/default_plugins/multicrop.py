@@ -23,12 +23,12 @@ from lightly.transforms.simclr_transform import SimCLRViewTransform
 from pydantic import Field, model_validator
 from torchvision.transforms import v2
 
+from sslmed.core.hookspecs import hookimpl
 from sslmed.default_plugins.augmentations import (
     BatchedSimCLRViews,
     SimCLRViewArgs,
     build_batched_simclr_views,
 )
-from sslmed.core.hookspecs import hookimpl
 from sslmed.training.transforms import normalize_values
 
 

@@ -22,10 +22,10 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
+from sslmed.core.backbone import Backbone
 from sslmed.core.errors import UsageError
 from sslmed.core.hookspecs import hookimpl
 from sslmed.training.methods import SSLMethod
-from sslmed.core.backbone import Backbone
 
 
 class SimSiamArgs(BaseModel):

@@ -20,9 +20,9 @@ from lightly.loss import VICRegLoss
 from lightly.models.modules.heads import VICRegProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
+from sslmed.core.backbone import Backbone
 from sslmed.core.hookspecs import hookimpl
 from sslmed.training.methods import SSLMethod, gather_batch
-from sslmed.core.backbone import Backbone
 
 
 class VICRegArgs(BaseModel):

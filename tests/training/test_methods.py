@@ -14,13 +14,13 @@ from methods_support import EXPORTED, METHODS, build, objective_spec, random_vie
 from scipy import stats
 from torchvision.transforms import v2
 
-from sslmed.cli import cli
-from sslmed.engine import build_method
-from sslmed.errors import RecipeError, UsageError
-from sslmed.plugins import get_registry
-from sslmed.prepare import load_recipe_file
+from sslmed.app.cli import cli
+from sslmed.app.prepare import load_recipe_file
+from sslmed.core.errors import RecipeError, UsageError
+from sslmed.core.plugins import get_registry
+from sslmed.training.engine import build_method
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NAMES = sorted({objective_spec(m)["name"] for m in METHODS})
 PAPERS = {
     "byol": "Grill et al. 2020",
@@ -172,7 +172,7 @@ def _crops(args: dict, size: int = 64):
 def test_multicrop_views_have_their_sizes_on_both_paths():
     from PIL import Image
 
-    from sslmed.transforms import build_batched_pipeline, build_view_pipeline
+    from sslmed.training.transforms import build_batched_pipeline, build_view_pipeline
 
     registry = get_registry()
     specs = [{"name": "multicrop", "local_views": 3, "local_size": 12}, {"name": "mdre"}]

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # methods_support, for the spawned processes
 from methods_support import METHODS, build, random_views  # noqa: E402
 
 WORLD = 2

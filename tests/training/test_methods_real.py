@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from fault_support import write_small_data
+from faults import write_small_data
 from methods_support import EXPORTED, METHODS, SMALL, TinyBackbonePlugin, objective_spec
 from safetensors.torch import load_file
 
-from sslmed import plugins
-from sslmed.engine import load_checkpoint, train_step
-from sslmed.prepare import build_sources, load_recipe_file
-from sslmed.runner import run_recipe
+from sslmed.app.prepare import build_sources, load_recipe_file
+from sslmed.app.runner import run_recipe
+from sslmed.core import plugins
+from sslmed.training.engine import load_checkpoint, train_step
 
 RECIPE = """\
 name: methods
