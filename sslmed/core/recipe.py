@@ -92,6 +92,24 @@ class ScheduleSettings(_Strict):
     warmup_epochs: Float = Field(0.0, ge=0)
 
 
+class ReconstructionSettings(_Strict):
+    """Reconstruction added to any objective: a decoder rebuilds the clean global views
+    (before erasing) from their last feature maps; loss = objective + weight · pixel loss."""
+
+    decoder: Annotated[ComponentSpec, Nested("decoder")] = Field(
+        default_factory=lambda: ComponentSpec(name="resnet_decoder"),
+        description="the decoder, a component spec {name: ..., <its arguments>} (see `sslmed list decoder`)",
+    )
+    weight: Float = Field(1.0, ge=0, description="λ: loss = objective + λ · reconstruction")
+    loss: Literal["mse", "l1"] = Field("mse", description="pixel loss between reconstruction and clean view")
+    warmup_steps: Int = Field(
+        0, ge=0, description="raise λ linearly from 0 over this many optimiser steps (0: full λ from the start)"
+    )
+    reconstruct: Literal["both", "first"] = Field(
+        "both", description="reconstruct both global views, or only the first (cheaper)"
+    )
+
+
 class StepSettings(_Strict):
     """One pre-training step: what trains, on what data, for how long, on what hardware."""
 
@@ -106,6 +124,11 @@ class StepSettings(_Strict):
     backbone: Annotated[ComponentSpec, Nested("backbone")]
     objective: Annotated[ComponentSpec, Nested("objective")]
     augmentations: list[Annotated[ComponentSpec, Nested("augmentation")]] = Field(min_length=1)
+    reconstruction: ReconstructionSettings | None = Field(
+        None,
+        description="add reconstruction to the objective (a decoder and a weight), e.g. {weight: 1.0}; "
+        "works with every objective that encodes through SSLMethod.encode",
+    )
     image_size: Int = Field(64, ge=8, le=1024)
     in_channels: Literal[1, 3] = 1
     epochs: Int = Field(1, ge=1)

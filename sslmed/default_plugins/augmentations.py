@@ -140,6 +140,7 @@ class BatchedSimCLRViews:
     def __init__(self, args: SimCLRViewArgs, image_size: int, in_channels: int) -> None:
         self.args = args
         self.size = image_size
+        self.scale = (args.min_scale, 1.0)  # crop area fraction (multi-crop's local views use another)
         self.in_channels = in_channels
         strength = args.cj_strength
         self.brightness = strength * args.cj_bright
@@ -156,7 +157,7 @@ class BatchedSimCLRViews:
         """The random parameters of ``n`` views: crop boxes, flips, whether jitter applies,
         its factors, and the order of brightness and contrast (``0``: brightness first)."""
         a = self.args
-        boxes = crop_params(n, height, width, (a.min_scale, 1.0), (3 / 4, 4 / 3), generator, device)
+        boxes = crop_params(n, height, width, self.scale, (3 / 4, 4 / 3), generator, device)
         u = torch.rand(n, 4, generator=generator, device=device)
         return {
             "boxes": boxes,

@@ -39,8 +39,7 @@ class SimCLRMethod(SSLMethod):
 
     def embed(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled features and projections of both views, in one forward pass."""
-        x = torch.cat(views[:2])
-        features = self.backbone(x)
+        features = self.encode(views[:2])
         return features, self.projection_head(features)
 
     def contrastive_loss(self, projections: torch.Tensor) -> torch.Tensor:

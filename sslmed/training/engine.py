@@ -62,8 +62,21 @@ def backbone_identity(step: StepSettings) -> dict[str, Any]:
 
 
 def build_method(step: StepSettings, registry: Registry) -> SSLMethod:
-    """The step's backbone and objective, built through the registry."""
+    """The step's backbone and objective, built through the registry, with the step's
+    reconstruction added when it has one (its decoder built before the objective's heads,
+    as ``crsm`` builds its own: the same seed gives the same initial weights)."""
     backbone = registry.build("backbone", step.backbone.spec(), in_channels=step.in_channels)
+    decoder = None
+    if step.reconstruction is not None:
+        decoder = registry.build(
+            "decoder",
+            step.reconstruction.decoder.spec(),
+            backbone=backbone,
+            image_size=step.image_size,
+            out_channels=step.in_channels,
+        )
+        if not isinstance(decoder, torch.nn.Module):
+            raise UsageError(f"step {step.name!r}: decoder {step.reconstruction.decoder.name!r} is not a torch module")
     method = registry.build(
         "objective",
         step.objective.spec(),
@@ -74,6 +87,13 @@ def build_method(step: StepSettings, registry: Registry) -> SSLMethod:
     )
     if not isinstance(method, SSLMethod):
         raise UsageError(f"objective {step.objective.name!r} did not return an sslmed.training.methods.SSLMethod")
+    if decoder is not None:
+        if "decoder" in method.extra_exports():
+            raise UsageError(
+                f"step {step.name!r}: objective {step.objective.name!r} has a decoder of its own; "
+                "drop the step's reconstruction (or use its base objective, e.g. simclr for crsm)"
+            )
+        method.add_reconstruction(decoder, step.reconstruction, step.image_size, step.in_channels)
     method.configure_training(step.optimizer, step.schedule)
     return method
 
@@ -329,6 +349,7 @@ def train_step(
     method = build_method(step, registry)
     if init_from is not None:
         load_backbone_weights(init_from, method.backbone, expect=backbone_identity(step))
+        method.backbone_initialised()  # momentum copies start from the loaded weights
         log.info("step %s: backbone initialised from %s", step.name, init_from)
     views = device_pipeline(step, registry)
     method.set_device_views(views, seed=step.seed)
@@ -358,7 +379,7 @@ def train_step(
             save_tensors(StepDir(directory).extra_weights(name), module.state_dict())
         save_backbone(
             directory,
-            method.backbone,
+            method.export_backbone(),
             {  # written last: marks the step done
                 **backbone_identity(step),
                 "step": step.name,
@@ -367,6 +388,7 @@ def train_step(
                 "epochs": trainer.current_epoch,
                 "global_step": trainer.global_step,
                 "world_size": trainer.world_size,
+                "exported_backbone": method.exported_backbone,
                 "extras": {name: description for name, (_module, description) in extras.items()},
             },
         )
