@@ -23,7 +23,7 @@ from lightly.models.modules import BarlowTwinsProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
 from sslmed.core.backbone import Backbone
-from sslmed.core.hookspecs import hookimpl
+from sslmed.core.hookspecs import Register, hookimpl
 from sslmed.training.methods import SSLMethod, gather_batch
 
 
@@ -62,5 +62,5 @@ def build_barlow_twins(args: BarlowTwinsArgs, *, backbone: Backbone, **_context:
 
 
 @hookimpl
-def register_objectives(register: Any) -> None:
+def register_objectives(register: Register) -> None:
     register("barlow_twins", build_barlow_twins, args=BarlowTwinsArgs)

@@ -21,7 +21,7 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
 from sslmed.core.backbone import Backbone
-from sslmed.core.hookspecs import hookimpl
+from sslmed.core.hookspecs import Register, hookimpl
 from sslmed.training.methods import SSLMethod
 
 
@@ -68,5 +68,5 @@ def build_byol(args: BYOLArgs, *, backbone: Backbone, **_context: Any) -> BYOLMe
 
 
 @hookimpl
-def register_objectives(register: Any) -> None:
+def register_objectives(register: Register) -> None:
     register("byol", build_byol, args=BYOLArgs)

@@ -22,7 +22,7 @@ from lightly.models.modules import DINOProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
 from sslmed.core.backbone import Backbone
-from sslmed.core.hookspecs import hookimpl
+from sslmed.core.hookspecs import Register, hookimpl
 from sslmed.training.methods import SSLMethod
 
 
@@ -115,5 +115,5 @@ def build_dino(args: DINOArgs, *, backbone: Backbone, **_context: Any) -> DINOMe
 
 
 @hookimpl
-def register_objectives(register: Any) -> None:
+def register_objectives(register: Register) -> None:
     register("dino", build_dino, args=DINOArgs)

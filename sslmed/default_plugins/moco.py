@@ -28,7 +28,7 @@ from lightly.models.modules import BYOLPredictionHead, MoCoProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
 from sslmed.core.backbone import Backbone
-from sslmed.core.hookspecs import hookimpl
+from sslmed.core.hookspecs import Register, hookimpl
 from sslmed.training.methods import SSLMethod
 
 
@@ -97,5 +97,5 @@ def build_moco(args: MoCoArgs, *, backbone: Backbone, **_context: Any) -> MoCoMe
 
 
 @hookimpl
-def register_objectives(register: Any) -> None:
+def register_objectives(register: Register) -> None:
     register("moco", build_moco, args=MoCoArgs)

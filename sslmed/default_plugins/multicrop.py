@@ -23,7 +23,7 @@ from lightly.transforms.simclr_transform import SimCLRViewTransform
 from pydantic import Field, model_validator
 from torchvision.transforms import v2
 
-from sslmed.core.hookspecs import hookimpl
+from sslmed.core.hookspecs import Register, hookimpl
 from sslmed.default_plugins.augmentations import (
     BatchedSimCLRViews,
     SimCLRViewArgs,
@@ -115,7 +115,7 @@ def build_batched_multicrop_views(
 
 
 @hookimpl
-def register_augmentations(register: Any) -> None:
+def register_augmentations(register: Register) -> None:
     register(
         "multicrop", build_multicrop_views, args=MultiCropArgs, stage="views", batched=build_batched_multicrop_views
     )

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sslmed.core.backbone import Backbone
 from sslmed.core.errors import UsageError
-from sslmed.core.hookspecs import hookimpl
+from sslmed.core.hookspecs import Register, hookimpl
 from sslmed.training.methods import SSLMethod
 
 
@@ -91,6 +91,6 @@ def build_fastsiam(args: FastSiamArgs, *, backbone: Backbone, **_context: Any) -
 
 
 @hookimpl
-def register_objectives(register: Any) -> None:
+def register_objectives(register: Register) -> None:
     register("simsiam", build_simsiam, args=SimSiamArgs)
     register("fastsiam", build_fastsiam, args=FastSiamArgs)

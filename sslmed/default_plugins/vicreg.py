@@ -21,7 +21,7 @@ from lightly.models.modules.heads import VICRegProjectionHead
 from pydantic import BaseModel, ConfigDict, Field
 
 from sslmed.core.backbone import Backbone
-from sslmed.core.hookspecs import hookimpl
+from sslmed.core.hookspecs import Register, hookimpl
 from sslmed.training.methods import SSLMethod, gather_batch
 
 
@@ -66,5 +66,5 @@ def build_vicreg(args: VICRegArgs, *, backbone: Backbone, **_context: Any) -> VI
 
 
 @hookimpl
-def register_objectives(register: Any) -> None:
+def register_objectives(register: Register) -> None:
     register("vicreg", build_vicreg, args=VICRegArgs)
