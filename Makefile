@@ -7,7 +7,7 @@ RECIPE ?= recipes/quickstart.yaml
 # exactly these: the CUDA builds that run on CPU too (see README)
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup run test test-fast lint bench docs docs-serve clean
+.PHONY: setup run test test-fast lint typecheck bench docs docs-serve clean
 
 $(BIN)/sslmed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,9 +28,13 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 
-lint: setup
+lint: setup typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# the [tool.mypy] settings in pyproject.toml: strict on sslmed/core, the default checks elsewhere
+typecheck: setup
+	$(BIN)/mypy
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

@@ -144,8 +144,8 @@ def finish_source(
             (split, r, source.path_of(r), "file not found")
             for split, rs in source.splits.items()
             for r in rs
-            if source.path_of(r) is not None and not source.path_of(r).is_file()
-        ]  # type: ignore[union-attr]
+            if (path := source.path_of(r)) is not None and not path.is_file()
+        ]
         source = apply_failures(source, missing, args.on_error)  # type: ignore[arg-type]
         if args.on_error == "skip":  # files that exist but do not decode are left out while training
             source.details["skip_unreadable"] = True
@@ -157,7 +157,8 @@ def finish_source(
         path = resolve_split_file(split_file, data_root)
         splits = apply_split_file(kept, path, ignore={s.ref for s in source.skipped})
         source.splits, source.split_origin = splits, f"file {path}"
-    elif given is not None and getattr(args, "val_from_train", 0) and "val" not in source.splits:
+    elif given is not None and getattr(args, "val_from_train", None) and "val" not in source.splits:
+        assert isinstance(args, SplitArgs)
         if "train" not in source.splits:
             raise DataError(f"data {name!r}: val_from_train needs a 'train' split (splits: {', '.join(source.splits)})")
         carved = split_records(source.splits["train"], 0, args.val_from_train, args.split_seed)

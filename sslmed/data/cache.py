@@ -88,7 +88,7 @@ def resize_image(image: Image.Image, size: int) -> np.ndarray:
     """The pixels the cache stores for one image: ``C×size×size`` uint8 (PIL bilinear,
     antialiased when shrinking, the whole image squeezed to a square as in evaluation)."""
     if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
     array = np.array(image, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 

@@ -263,7 +263,7 @@ def _read_pil(data: bytes, name: str, max_side: int | None) -> tuple[Image.Image
             # we downscale big images ourselves and keep our own hard limit below; PIL's
             # other warnings (broken EXIF or metadata) say nothing the loader does not
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             info = ImageInfo(image.width, image.height, image.mode, image.format or "unknown", _bits_of(image))
             if image.width * image.height > MAX_PIXELS:
                 raise ImageLoadError(

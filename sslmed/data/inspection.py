@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -169,7 +169,7 @@ def inspect_source(
     for i, f in enumerate(good):
         by_md5.setdefault(f.md5 or "", []).append(i)
     exact = [g for g in by_md5.values() if len(g) > 1]
-    near_pairs = hamming_pairs(np.stack([f.ahash for f in good]), max_distance) if good else []
+    near_pairs = hamming_pairs(np.stack([cast(np.ndarray, f.ahash) for f in good]), max_distance) if good else []
     near_groups = [
         g for g in _groups(len(good), [(i, j) for i, j, _ in near_pairs]) if not any(set(g) == set(e) for e in exact)
     ]

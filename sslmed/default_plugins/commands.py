@@ -97,7 +97,7 @@ def plugins(as_json: bool) -> None:
     """List loaded plugins: name, version, hooks and the components each gave."""
 
     registry = get_registry()
-    infos = []
+    infos: list[dict[str, Any]] = []
     for info in plugin_infos():
         components = [f"{c.kind}:{c.name}" for c in registry.list() if c.plugin == info.name]
         infos.append(
@@ -113,16 +113,16 @@ def plugins(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(infos, indent=2))
         return
-    for info in infos:
-        origin = "built-in" if info["builtin"] else "external"
-        if info["error"]:
-            click.echo(f"{info['name']} (external, FAILED, skipped): {info['error']}")
-            click.echo(f"  {disable_hint(info['name'])}")
+    for entry in infos:
+        origin = "built-in" if entry["builtin"] else "external"
+        if entry["error"]:
+            click.echo(f"{entry['name']} (external, FAILED, skipped): {entry['error']}")
+            click.echo(f"  {disable_hint(entry['name'])}")
             continue
-        click.echo(f"{info['name']} {info['version'] or ''} ({origin})")
-        click.echo(f"  hooks: {', '.join(info['hooks'])}")
-        if info["components"]:
-            click.echo(f"  components: {', '.join(info['components'])}")
+        click.echo(f"{entry['name']} {entry['version'] or ''} ({origin})")
+        click.echo(f"  hooks: {', '.join(entry['hooks'])}")
+        if entry["components"]:
+            click.echo(f"  components: {', '.join(entry['components'])}")
 
 
 @click.command(name="list")

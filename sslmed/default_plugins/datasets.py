@@ -145,13 +145,14 @@ def build_csv(args: CsvArgs, *, data_root: Path, **_context: Any) -> ImageSource
         ]
         if bad:
             raise DataError(f"{table}: {len(bad)} label(s) not in the class list {classes}: {listed(bad)}")
-    records, given = [], {}
+    records: list[ImageRecord] = []
+    given: dict[str, list[ImageRecord]] = {}
     for line, row in enumerate(rows, start=2):
         ref = (row[args.path_column] or "").strip()
         if not ref:
             raise DataError(f"{table}: line {line}: empty {args.path_column!r}")
         text = (row[args.label_column] or "").strip() if args.label_column else ""
-        label = classes.index(row[args.label_column]) if text else UNLABELLED
+        label = classes.index(row[args.label_column]) if text and args.label_column else UNLABELLED
         patient = None
         if args.patient_column:
             patient = (row[args.patient_column] or "").strip() or None

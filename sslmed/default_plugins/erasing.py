@@ -322,7 +322,7 @@ class RandomErasing:
             p=args.p,
             scale=(args.min_area, args.max_area),
             ratio=(args.min_ratio, args.max_ratio),
-            value=0.0 if args.fill == "zero" else "random",  # type: ignore[arg-type]
+            value=0.0 if args.fill == "zero" else "random",
         )
 
     def __repr__(self) -> str:

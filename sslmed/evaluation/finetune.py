@@ -103,7 +103,7 @@ def finetune_proba(
         module.load_state_dict(module.best_state)
     module.eval().to(device())
     test_logits = split_logits(module, test, image_size, in_channels)
-    info = {
+    info: dict[str, Any] = {
         "epochs_run": int(trainer.current_epoch),
         "val_balanced_accuracy": None if val_loader is None else round(float(module.best_score), 5),
         "backbone_lr": settings.lr * settings.backbone_lr_ratio,

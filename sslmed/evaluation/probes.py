@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ def fit_linear(
     if val is not None and len(val[1]):
         scores = {}
         for c in PROBE_C_GRID:
-            probe = task.fit_probe(lambda c=c: linear_probe(c, seed), *train)
+            probe = task.fit_probe(partial(linear_probe, c, seed), *train)
             scores[c] = task.selection_score(val[1], task.probe_proba(probe, val[0], len(classes)), classes)
         best_c = max(scores, key=lambda c: (scores[c], -abs(np.log10(c))))
     return task.fit_probe(lambda: linear_probe(best_c, seed), *train), best_c
@@ -85,7 +86,7 @@ def probe_rows(
                 extra: dict[str, Any] = {"C": c}
             else:
                 k = min(settings.knn_k, len(y))
-                model = task.fit_probe(lambda k=k: knn_probe(k), x, y)
+                model = task.fit_probe(partial(knn_probe, k), x, y)
                 extra = {"k": k}
             proba = task.probe_proba(model, features.test, len(classes))
             row = {

@@ -74,7 +74,8 @@ def runs_table(runs: list[Run]) -> str:
 
 def _markdown_to_html(text: str) -> str:
     """The report's own Markdown (headings, tables, images, paragraphs) as HTML."""
-    out, table = [], []
+    out: list[str] = []
+    table: list[str] = []
 
     def flush() -> None:
         if table:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from PIL import Image
 
+from sslmed.core.backbone import Backbone
 from sslmed.training.transforms import MEAN, STD
 
 # anchors of a perceptually ordered colour map (dark blue -> cyan -> yellow -> red)
@@ -55,7 +56,7 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = 
     predicted class. The map is relative (its maximum is 1); a map that is zero
     everywhere means no positive evidence was found at this stage.
     """
-    stage = model.backbone.last_stage()
+    stage = cast(Backbone, model.backbone).last_stage()
     owner = threading.get_ident()
     captured: dict[str, torch.Tensor] = {}
 

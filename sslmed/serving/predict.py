@@ -69,7 +69,7 @@ class Prediction:
     def as_dict(self) -> dict[str, Any]:
         """What ``sslmed predict`` and the HTTP API return for the image."""
         out: dict[str, Any] = {"probabilities": self.probabilities, "calibrated": self.calibrated}
-        if self.ood_score is not None:
+        if self.ood_score is not None and self.ood_threshold is not None:
             out["out_of_distribution"] = {
                 "score": round(self.ood_score, 4),
                 "threshold": round(float(self.ood_threshold), 4),

@@ -141,7 +141,12 @@ def make_model_export(
     }
     extra_tensors = None
     if decoder:
-        description = {"kind": "decoder", "spec": decoder_spec(), "image_size": image_size, "out_channels": 1}
+        description: dict[str, Any] = {
+            "kind": "decoder",
+            "spec": decoder_spec(),
+            "image_size": image_size,
+            "out_channels": 1,
+        }
         module = get_registry().build(
             "decoder", description["spec"], backbone=backbone, image_size=image_size, out_channels=1
         )

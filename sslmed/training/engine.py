@@ -32,7 +32,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -159,6 +159,7 @@ def make_loader(
     elif on_device:
         dataset = DecodedImageDataset(source, records, step.image_size, step.in_channels)
     else:
+        assert pipeline is not None  # built above when the views are made in the workers
         dataset = ImageDataset(source, records, pipeline, mode=image_mode(step.in_channels))
     return torch.utils.data.DataLoader(
         dataset,
@@ -252,7 +253,7 @@ def make_trainer(step: StepSettings, directory: Path, progress: bool = True) -> 
         devices=step.devices,
         strategy=step.strategy,
         num_nodes=step.num_nodes,
-        precision=step.precision,
+        precision=cast(Any, step.precision),  # the recipe holds a string; Lightning checks the value
         sync_batchnorm=step.sync_batchnorm,
         default_root_dir=directory,
         logger=CSVLogger(directory, name=LOGS, version=""),  # -> StepDir.metrics_csv
@@ -312,7 +313,7 @@ def _keep_metrics_log(trainer: L.Trainer, directory: Path, epoch: int) -> None:
         rows = [row for row in reader if row.get("epoch") and int(float(row["epoch"])) < epoch]
     with warnings.catch_warnings():  # "previous log files ... will be deleted": kept here
         warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-        writer = trainer.logger.experiment  # starting the writer removes the old file
+        writer = cast(CSVLogger, trainer.logger).experiment  # starting the writer removes the old file
     if rows:
         writer.metrics_keys = keys
         writer.metrics = rows
@@ -369,7 +370,8 @@ def train_step(
         )
         del checkpoint
     _keep_metrics_log(trainer, directory, epoch)
-    seeder = next(c for c in trainer.callbacks if isinstance(c, EpochSeed))
+    # Lightning sets Trainer.callbacks in its callback connector without declaring it
+    seeder = next(c for c in trainer.callbacks if isinstance(c, EpochSeed))  # type: ignore[attr-defined]
     seeder.seed_epoch(epoch)
     with stopped_by_signal(f"step {step.name!r}"):
         trainer.fit(method, loader, ckpt_path=str(found[0]) if found else None)

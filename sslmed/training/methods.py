@@ -254,6 +254,7 @@ class SSLMethod(L.LightningModule):
     def configure_optimizers(self) -> Any:
         settings = self.optimizer_settings
         params = [p for p in self.parameters() if p.requires_grad]
+        optimizer: torch.optim.Optimizer
         if settings.name == "sgd":
             optimizer = torch.optim.SGD(
                 params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay

@@ -52,12 +52,12 @@ def api_routes(service: DemoService, guard: LoginGuard | None = None, concurrenc
                 return refuse(DemoError("No image received: send the file as the multipart field 'file'.", "No image"))
             name, data = upload.filename or name, await upload.read()
         else:
-            data = bytearray()
+            body = bytearray()
             async for chunk in request.stream():
-                data += chunk
-                if len(data) > limit:
+                body += chunk
+                if len(body) > limit:
                     break
-            data = bytes(data)
+            data = bytes(body)
         if not data:
             return refuse(
                 DemoError(f"No image received: send the image file ({FORMATS_TEXT}) as the body.", "No image")
@@ -74,7 +74,7 @@ def api_routes(service: DemoService, guard: LoginGuard | None = None, concurrenc
             result = await anyio.to_thread.run_sync(run, limiter=limiter[0])
         except DemoError as error:
             return refuse(error)
-        top = max(result.probabilities, key=result.probabilities.get)
+        top = max(result.probabilities, key=lambda c: result.probabilities[c])
         return JSONResponse({"label": top, **result.as_dict()})
 
     return [Route("/api/classify", classify, methods=["POST"])]

@@ -5,6 +5,7 @@ guard that checks passwords in constant time and limits failed attempts.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from sslmed.core.errors import UsageError
@@ -52,7 +53,7 @@ def read_credentials(
     (never from the command line, where other users of the machine could read them);
     ``None`` when neither is given."""
 
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     if auth_file is not None:
         path = Path(auth_file)
         try:
@@ -60,8 +61,8 @@ def read_credentials(
         except OSError as exc:
             raise UsageError(f"--auth-file {path}: cannot be read ({exc.strerror or exc})") from None
         return parse_credentials(text, f"--auth-file {path}")
-    if environ.get(AUTH_ENV):
-        return parse_credentials(environ[AUTH_ENV], f"${AUTH_ENV}")
+    if env.get(AUTH_ENV):
+        return parse_credentials(env[AUTH_ENV], f"${AUTH_ENV}")
     return None
 
 
