@@ -267,15 +267,12 @@ def targets(folder: Path) -> list[tuple[str, st.SearchStrategy, Callable[[Any], 
 
 def _service(folder: Path) -> Any:
     """The web page's handlers over a small classifier export (random ResNet-18, 64 px)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from serve_load import export_resnet18
-
     from sslmed.serving.predict import Predictor
     from sslmed.serving.web.service import DemoService
+    from sslmed.testing.models import make_model_export
 
-    return DemoService(Predictor(export_resnet18(folder / "model", image_size=64), device="cpu"), max_upload_mb=20)
+    model = make_model_export(folder / "model", DATA, arch="resnet18", small_input=False, image_size=64, trust=False)
+    return DemoService(Predictor(model, device="cpu"), max_upload_mb=20)
 
 
 def main() -> None:

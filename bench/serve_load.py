@@ -31,7 +31,6 @@ as a Markdown table (for docs/benchmarks.md); note the machine and its load.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import platform
@@ -46,62 +45,31 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
+from sslmed.data.roots import resolve_data_root
+
 MAX_CLIENTS = 64
 MAX_REQUESTS = 2000
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = resolve_data_root()
 IMAGE = DATA / "samples" / "darkcovidnet_00001304_001.png"
 
 
-def export_resnet18(directory: Path, image_size: int = 224) -> Path:
-    """A ResNet-18 classifier export (random init, 3 classes) at ``image_size``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def export_resnet18(directory: Path, image_size: int = 224, trust: bool = False) -> Path:
+    """A ResNet-18 classifier export (random init, ImageNet stem, the covid3 classes) at
+    ``image_size``: :func:`sslmed.testing.models.make_model_export`; ``trust`` adds the
+    temperature and OOD score, so the server runs the full prediction path."""
+    from sslmed.testing.models import make_model_export
 
-    from sslmed.core.plugins import get_registry
-    from sslmed.serving.export import export_classifier
-
-    torch.manual_seed(0)
-    spec = {"name": "resnet18", "small_input": False}
-    backbone = get_registry().build("backbone", spec, in_channels=1).eval()
-    rng = np.random.default_rng(0)
-    features, labels = rng.normal(size=(30, backbone.feature_dim)), np.arange(30) % 3
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(features, labels)
-    export_classifier(
-        directory,
-        backbone,
-        probe,
-        {
-            "extras": {},
-            "recipe": "bench (random weights)",
-            "step": "none",
-            "backbone": spec,
-            "in_channels": 1,
-            "image_size": image_size,
-            "classes": ["Covid-19", "No_findings", "Pneumonia"],
-            "data": "none",
-            "metrics": {},
-        },
-    )
-    return directory
+    return make_model_export(directory, DATA, arch="resnet18", small_input=False, image_size=image_size, trust=trust)
 
 
 def check_loopback(url: str) -> None:
-    host = urllib.parse.urlparse(url).hostname or ""
-    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+    from sslmed.serving.web.auth import is_loopback
+
+    if not is_loopback(urllib.parse.urlparse(url).hostname or ""):
         raise SystemExit(f"--url {url}: this benchmark only talks to loopback (127.0.0.1)")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(
@@ -114,6 +82,8 @@ def start_server(
 ) -> tuple[subprocess.Popen, str]:
     """``sslmed serve`` on a free loopback port (``source``: run that copy of the package instead)."""
     env = dict(os.environ, PYTHONPATH=str(source)) if source else None
+    from sslmed.testing.models import free_port
+
     port = free_port()
     sslmed = Path(sys.executable).with_name("sslmed")
     command = [
@@ -414,24 +384,6 @@ def export_source(ref: str, folder: Path) -> Path:
     return folder
 
 
-def add_trust(model: Path) -> None:
-    """Give a bench export a temperature and an OOD score (random statistics of the right
-    shape), so the new server runs the full prediction path, OOD score included."""
-    from sslmed.artifacts.exports import load_model_files, save_model
-    from sslmed.evaluation.calibration import calibrate
-    from sslmed.evaluation.ood import fit_feature_distance
-
-    tensors, meta = load_model_files(model)
-    dim = tensors["head.weight"].shape[1]
-    rng = np.random.default_rng(0)
-    ood = fit_feature_distance(rng.normal(size=(600, dim)), np.arange(600) % 3, rng.normal(size=(60, dim)))
-    tensors.update({f"ood.{k}": v for k, v in ood.to_tensors().items()})
-    logits, labels = rng.normal(size=(60, 3)) * 3, np.arange(60) % 3
-    meta.update(calibration=calibrate(logits, labels, logits, labels, fitted_on="bench").summary(), ood=ood.meta())
-    meta.pop("format", None)
-    save_model(model, tensors, meta)
-
-
 def model_parts_ms(model: Path, image: str, repeats: int) -> dict[str, float]:
     """In this process, median ms of: the forward pass as the server ran it before (plain
     modules) and now (batch norm folded, channels-last), and the OOD score alone."""
@@ -469,8 +421,7 @@ def compare_main(args: argparse.Namespace) -> None:
         image = str(folder / f"xray_{args.size}.png")
         Image.open(IMAGE).convert("L").resize((args.size, args.size), Image.Resampling.BILINEAR).save(image)
         old_model = export_resnet18(folder / "old-model")
-        new_model = export_resnet18(folder / "new-model")
-        add_trust(new_model)
+        new_model = export_resnet18(folder / "new-model", trust=True)
         (folder / "old-src").mkdir()
         old_source = export_source(args.compare, (folder / "old-src").resolve())
         servers = {}

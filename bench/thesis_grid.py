@@ -46,10 +46,13 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from sslmed.artifacts.rundir import RunDir
+from sslmed.core.recipe import apply_override, load_raw, parse_override
+from sslmed.data.roots import resolve_data_root
+from sslmed.report.labels import BASELINE_NAMES, Labels
+from sslmed.report.stats import pick_row
 
-from sslmed.core.recipe import load_raw  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 METHODS = {  # method -> the shipped recipe its objective and augmentations come from
     "simclr": "simclr",
@@ -290,33 +293,24 @@ def run_job(job: Job, out: Path, data_root: Path, deadline: float | None) -> dic
 
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "results.json"
-    return json.loads(path.read_text())["rows"] if path.is_file() else []
+    return list(RunDir(run_dir).read_results().get("rows", []))  # none before the run finished
 
 
-def _pick(rows: list[dict[str, Any]], model: str, probe: str, fraction: float) -> dict[str, Any] | None:
-    for row in rows:
-        named = row["model"] == model or (model == "pretrained" and str(row["model"]).startswith("sslmed:"))
-        if named and row["probe"] == probe and abs(row["label_fraction"] - fraction) < 1e-9:
-            return row
-    return None
-
-
-#: (A, B, claim): rows are "<method>/<kind>" or a reference ("random init", "raw pixels")
-CLAIMS = [
-    ("simclr_mdre/single", "simclr_erasing/single", "MDRE beats classic random erasing"),
-    ("simclr_erasing/single", "simclr/single", "random erasing beats no erasing"),
-    ("crsm/single", "simclr/single", "CRSM beats SimCLR (single step)"),
-    ("simclr/multistep", "simclr/single", "multi-step beats a single step (SimCLR)"),
-    ("crsm/multistep", "crsm/single", "multi-step beats a single step (CRSM)"),
-    ("simclr/transfer", "random init", "corpus pre-training (SimCLR) beats random init"),
-    ("simclr/transfer", "raw pixels", "corpus pre-training (SimCLR) beats raw pixels"),
-    ("crsm/transfer", "random init", "corpus pre-training (CRSM) beats random init"),
-    ("crsm/multistep", "raw pixels", "CRSM multi-step beats raw pixels"),
-]
-REFERENCE_MODELS = {"random init": "random_init", "raw pixels": "raw_pixels"}
+#: row labels and claims, shared with ``sslmed report --labels`` (rows here are "<method>/<kind>")
+LABELS = Labels.from_file(REPO / "bench" / "grid_labels.yaml")
+REFERENCE_MODELS = {title: name for name, title in BASELINE_NAMES.items()}  # "random init" -> "random_init"
 METRIC_HEADERS = {"macro_auc": "macro AUC", "recall:0": "COVID-19 recall", "sensitivity": "sensitivity (pneumonia)"}
 REFERENCE_METHOD = "simclr"  # the transfer runs of this method also compute the reference rows
+
+
+def grid_row(label: str) -> str:
+    """A row label of the labels file as this summary names it: "SimCLR multi-step" (recipe
+    ``simclr_multistep``) -> "simclr/multistep"; a reference ("random init") as it is."""
+    names = {title: name for name, title in LABELS.methods.items()}
+    if label not in names:
+        return label
+    method, kind = names[label].rsplit("_", 1)
+    return f"{method}/{kind}"
 
 
 def predictions_by_seed(
@@ -331,11 +325,11 @@ def predictions_by_seed(
         if label in REFERENCE_MODELS:
             if entry["kind"] != "transfer" or entry["method"] != REFERENCE_METHOD:
                 continue
-            row = _pick(_rows(Path(entry["run_dir"])), REFERENCE_MODELS[label], probe, fraction)
+            row = pick_row(_rows(Path(entry["run_dir"])), REFERENCE_MODELS[label], probe, fraction)
         else:
             if f"{entry['method']}/{entry['kind']}" != label:
                 continue
-            row = _pick(_rows(Path(entry["run_dir"])), "pretrained", probe, fraction)
+            row = pick_row(_rows(Path(entry["run_dir"])), "sslmed", probe, fraction)
         if row is not None and row.get("test_predictions"):
             out[entry["seed"]] = row["test_predictions"]
     return out
@@ -386,7 +380,8 @@ def summary(results: list[dict[str, Any]], budget: Budget, samples: int) -> str:
                 "",
             ]
             claims = []
-            for better, worse, claim in CLAIMS:
+            for item in LABELS.claims:
+                better, worse, claim = grid_row(item.better), grid_row(item.worse), item.claim
                 a = predictions_by_seed(results, target, better, probe, fraction)
                 b = predictions_by_seed(results, target, worse, probe, fraction)
                 seeds = sorted(set(a) & set(b))
@@ -441,18 +436,11 @@ SWEEP = {  # method -> setting -> values tried (dotted keys inside the step)
 }
 
 
-def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    node: Any = doc
-    parts = [int(p) if p.isdigit() else p for p in dotted.split(".")]
-    for part in parts[:-1]:
-        node = node[part]
-    node[parts[-1]] = value
-
-
 def _get(doc: dict[str, Any], dotted: str) -> Any:
+    """The value at ``dotted`` (the key syntax of ``--set``)."""
     node: Any = doc
-    for part in dotted.split("."):
-        node = node[int(part)] if part.isdigit() else node[part]
+    for part in parse_override(f"{dotted}=")[0]:
+        node = node[part]
     return node
 
 
@@ -469,7 +457,7 @@ def sweep_jobs(out: Path, budget: Budget, target: str, seeds: list[int]) -> list
                     if value == _get(shipped, key):
                         continue
                     step = json.loads(json.dumps(shipped))
-                    _set(step, key, value)
+                    apply_override(step, f"{key}={value}")
                     variants.append((f"{key}={value}", step))
             for setting, step in variants:
                 jid = f"sweep__{target}__{method}__{setting}__seed{seed}"
@@ -493,7 +481,7 @@ def sweep_summary(results: list[dict[str, Any]]) -> str:
     scores: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for entry in results:
         if entry.get("run_dir"):
-            row = _pick(_rows(Path(entry["run_dir"])), "pretrained", "linear", 1.0)
+            row = pick_row(_rows(Path(entry["run_dir"])), "sslmed", "linear", 1.0)
             if row:
                 value = (row["balanced_accuracy"], row.get("macro_auc", float("nan")))
                 scores.setdefault((entry["method"], entry["kind"]), []).append(value)
@@ -526,7 +514,7 @@ def main() -> int:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--kinds", default="corpus,transfer,single,multistep", help="which kinds of run to start")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data-root", type=Path, default=resolve_data_root())
     parser.add_argument("--deadline", type=float, default=None, help="seconds after which no new run starts")
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args()

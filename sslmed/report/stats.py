@@ -91,7 +91,9 @@ def _order(name: str, labels: Labels) -> tuple[int, str]:
     return (names.index(name) if name in names else len(names), name)
 
 
-def _pick(rows: list[dict[str, Any]], model: str | None, probe: str, fraction: float = 1.0) -> dict[str, Any] | None:
+def pick_row(rows: list[dict[str, Any]], model: str | None, probe: str, fraction: float = 1.0) -> dict[str, Any] | None:
+    """The first row of ``model`` (``"sslmed"``: the run's own backbone; ``None``: any),
+    ``probe`` and label ``fraction``."""
     for row in rows:
         if (
             (model is None or row["model"] == model or (model == "sslmed" and str(row["model"]).startswith("sslmed:")))
@@ -113,7 +115,7 @@ def entries_for_target(
     for baseline, title in BASELINE_NAMES.items():
         chosen: dict[Any, tuple[dict[str, Any], Run]] = {}
         for run in runs:
-            row = _pick(
+            row = pick_row(
                 run.results.get("rows", []), baseline, "end-to-end" if baseline == "supervised" else probe, fraction
             )
             if row is not None and run.seed() not in chosen:
@@ -132,7 +134,9 @@ def entries_for_target(
         if seen_labels[label] > 1:
             label = f"{label} ({group[0].path.name})"
         rows = [
-            r for r in (_pick(run.results.get("rows", []), "sslmed", probe, fraction) for run in group) if r is not None
+            r
+            for r in (pick_row(run.results.get("rows", []), "sslmed", probe, fraction) for run in group)
+            if r is not None
         ]
         if rows:
             labelled.append((_order(name, labels), Entry(label, rows, group)))

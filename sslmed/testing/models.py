@@ -103,9 +103,11 @@ def make_model_export(
     per_class: int = 6,
     decoder: bool = False,
     seed: int = 0,
+    trust: bool = True,
 ) -> Path:
     """Write ``directory/model.{safetensors,json}``: a random-init backbone with a linear
-    probe fitted on real covid3 features (metrics on the next ``per_class`` images)."""
+    probe fitted on real covid3 features (metrics on the next ``per_class`` images);
+    ``trust``: with a temperature and an OOD score, as evaluation exports it."""
     registry = get_registry()
     spec = {"name": arch, "small_input": small_input}
     torch.manual_seed(seed)
@@ -153,8 +155,8 @@ def make_model_export(
         meta["extras"] = {"decoder": description}
         extra_tensors = {"decoder": module.state_dict()}
     # calibrated and with an OOD score, as evaluation exports it (no val split: out of fold)
-    trust = fit_trust(probe, len(classes), (train_x, train_y), (test_x, test_y), seed=seed)
-    export_classifier(directory, backbone, probe, meta, extra_tensors=extra_tensors, trust=trust)
+    fitted = fit_trust(probe, len(classes), (train_x, train_y), (test_x, test_y), seed=seed) if trust else None
+    export_classifier(directory, backbone, probe, meta, extra_tensors=extra_tensors, trust=fitted)
     return directory
 
 
