@@ -76,6 +76,9 @@ class CatalogEntry:
     source: str  # a URL a person can open
     downloads: tuple[Download, ...]
     size_mb: float  # of the prepared folder, as in ../shared/data
+    # the function of sslmed.data.fetch.unpack that turns the downloads into the folder
+    # (named, not imported: the fetch code sits above the catalogue)
+    prepare: str = ""
     layout: str = "folder"  # "folder": images/ + labels.csv; "npz": one MedMNIST .npz file
     deduplicate: bool = True  # False: kept whole, as the copy in ../shared/data is (see note)
     note: str = ""
@@ -153,6 +156,7 @@ RADIOGRAPHY_ZIP = Download(
 _ENTRIES = (
     CatalogEntry(
         name="pneumoniamnist",
+        prepare="prepare_pneumoniamnist",
         title="PneumoniaMNIST (MedMNIST v2)",
         images=5856,
         classes="normal / pneumonia; official splits train 4,708, val 524, test 624",
@@ -167,6 +171,7 @@ _ENTRIES = (
     ),
     CatalogEntry(
         name="covid3",
+        prepare="prepare_covid3",
         title="DarkCovidNet set (COVID-19 / No_findings / Pneumonia)",
         images=1123,
         classes="Covid-19 124, No_findings 499, Pneumonia 500",
@@ -180,6 +185,7 @@ _ENTRIES = (
     ),
     CatalogEntry(
         name="covid_extra_hannover",
+        prepare="prepare_hannover",
         title="Hannover Medical School COVID-19 image repository",
         images=243,
         classes="COVID-19",
@@ -193,6 +199,7 @@ _ENTRIES = (
     ),
     CatalogEntry(
         name="covid_extra_cxnet",
+        prepare="prepare_cxnet",
         title="COVID-CXNet image collection",
         images=809,
         classes="COVID-19",
@@ -206,6 +213,7 @@ _ENTRIES = (
     ),
     CatalogEntry(
         name="cxr_corpus",
+        prepare="prepare_cxr_corpus",
         title="Unlabelled adult chest X-ray corpus (COVID-19 Radiography Database + MedNIST CXR)",
         images=22548,
         classes="none needed (label COVID / Normal under radiography/, empty under mednist_cxr/)",
@@ -221,6 +229,7 @@ _ENTRIES = (
     ),
     CatalogEntry(
         name="kermany",
+        prepare="prepare_kermany",
         title="Kermany et al. paediatric chest X-rays (ChestXRay2017)",
         images=5840,
         classes="normal 1,575 / pneumonia 4,265; official train 5,216, test 624",
@@ -238,6 +247,7 @@ _ENTRIES = (
     ),
     CatalogEntry(
         name="not_cxr",
+        prepare="prepare_not_cxr",
         title="MedNIST images that are not chest radiographs",
         images=500,
         classes="AbdomenCT, BreastMRI, ChestCT, Hand, HeadCT: 100 each",

@@ -25,6 +25,7 @@ from sslmed.core.plugins import get_registry
 from sslmed.data import catalog
 from sslmed.data.catalog import CATALOG, MARKER
 from sslmed.data.fetch import fetch_dataset
+from sslmed.data.fetch.unpack import preparation
 from sslmed.testing.loopback import (
     DATA,
     closed_port,
@@ -277,6 +278,9 @@ def test_catalogue_covers_every_dataset_the_recipes_read() -> None:
         assert entry.licence and entry.citation and entry.source.startswith("https://")
         for item in entry.downloads:
             assert item.pinned or item.manual or "unpinned" in entry.note or "checksum unpinned" in entry.note
+        assert callable(preparation(entry))  # each entry names its own preparation
+    with pytest.raises(DataError, match="no preparation"):
+        preparation(replace(CATALOG["covid3"], prepare="load_image"))
 
 
 def test_manifest_says_which_copy_a_run_used(server, tmp_path: Path) -> None:

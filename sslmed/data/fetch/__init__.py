@@ -29,7 +29,7 @@ from sslmed import __version__
 from sslmed.core.errors import DataError
 from sslmed.data.catalog import CATALOG, DOWNLOADS, MARKER, CatalogEntry, Download, dataset_dir, earlier, is_present
 from sslmed.data.fetch.download import download, file_digest
-from sslmed.data.fetch.unpack import PREPARATIONS, remove_duplicates, write_bytes, write_labels
+from sslmed.data.fetch.unpack import preparation, remove_duplicates, write_bytes, write_labels
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def prepare_dataset(entry: CatalogEntry, files: Mapping[str, Path], root: Path) 
         raise DataError(f"cannot write in the data root {root}: {exc.strerror or exc}") from None
     try:
         try:
-            prepared = PREPARATIONS[entry.name](entry, dict(files), work)
+            prepared = preparation(entry)(entry, dict(files), work)
             counts: dict[str, Any] = {}
             if prepared is not None:
                 if entry.deduplicate:

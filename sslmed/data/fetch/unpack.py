@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -510,12 +510,12 @@ def prepare_kermany(entry: CatalogEntry, files: Files, out: Path) -> Prepared:
     return prepared
 
 
-PREPARATIONS: dict[str, Callable[[CatalogEntry, Files, Path], Prepared | None]] = {
-    "pneumoniamnist": prepare_pneumoniamnist,
-    "covid3": prepare_covid3,
-    "covid_extra_hannover": prepare_hannover,
-    "covid_extra_cxnet": prepare_cxnet,
-    "cxr_corpus": prepare_cxr_corpus,
-    "kermany": prepare_kermany,
-    "not_cxr": prepare_not_cxr,
-}
+Preparation = Callable[[CatalogEntry, Files, Path], Prepared | None]
+
+
+def preparation(entry: CatalogEntry) -> Preparation:
+    """The ``prepare_*`` function of this module that ``entry.prepare`` names."""
+    found = globals().get(entry.prepare) if entry.prepare.startswith("prepare_") else None
+    if not callable(found):
+        raise DataError(f"dataset {entry.name!r}: no preparation {entry.prepare!r} in {__name__}")
+    return cast(Preparation, found)
