@@ -21,8 +21,8 @@ import pytest
 
 from sslmed.serving.predict import Predictor
 from sslmed.serving.web.page import build_demo
-from sslmed.serving.web.server import launch_options
-from sslmed.testing.models import free_port, shared_model_export
+from sslmed.testing.models import shared_model_export
+from sslmed.testing.web import launched_demo
 
 CHROMIUM = os.environ.get("SSLMED_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -58,18 +58,8 @@ def predictor(data_dir: Path) -> Predictor:
 def page_url(predictor: Predictor, data_dir: Path) -> Iterator[str]:
     samples = data_dir / "samples"
     demo = build_demo(predictor, examples_dir=samples, max_upload_mb=DEMO_MAX_UPLOAD_MB)
-    port = free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_options(samples, DEMO_MAX_UPLOAD_MB, demo=demo),
-    )
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with launched_demo(demo, examples_dir=samples, max_upload_mb=DEMO_MAX_UPLOAD_MB, api=True) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

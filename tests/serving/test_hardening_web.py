@@ -13,9 +13,9 @@ from PIL import Image
 
 from sslmed.serving.predict import Predictor
 from sslmed.serving.web.page import build_demo
-from sslmed.serving.web.server import launch_options
 from sslmed.serving.web.service import image_file
-from sslmed.testing.models import free_port, shared_model_export
+from sslmed.testing.models import shared_model_export
+from sslmed.testing.web import launched_demo
 
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
@@ -57,13 +57,8 @@ def test_result_images_are_written_once_and_whole(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def server(data_dir: Path) -> Iterator[str]:
     predictor = Predictor(shared_model_export(data_dir, decoder=True), device="cpu")
-    demo = build_demo(predictor, concurrency_limit=2)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with launched_demo(build_demo(predictor, concurrency_limit=2)) as url:
+        yield url
 
 
 def test_identical_concurrent_explain_requests_all_succeed(server: str, data_dir: Path) -> None:

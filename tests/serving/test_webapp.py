@@ -21,7 +21,8 @@ from sslmed.serving.web.cards import DISCLAIMER, model_card
 from sslmed.serving.web.page import build_demo
 from sslmed.serving.web.server import launch_options
 from sslmed.serving.web.service import DemoError, DemoService
-from sslmed.testing.models import free_port, make_model_export, shared_model_export
+from sslmed.testing.models import make_model_export, shared_model_export
+from sslmed.testing.web import launched_demo
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -49,18 +50,8 @@ def crsm_predictor(data_dir: Path) -> Predictor:
 @pytest.fixture(scope="module")
 def server(crsm_predictor: Predictor, samples: Path) -> Iterator[str]:
     demo = build_demo(crsm_predictor, examples_dir=samples, max_upload_mb=MAX_UPLOAD_MB, concurrency_limit=2)
-    port = free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_options(samples, MAX_UPLOAD_MB),
-    )
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with launched_demo(demo, examples_dir=samples, max_upload_mb=MAX_UPLOAD_MB) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
