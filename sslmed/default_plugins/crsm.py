@@ -50,6 +50,8 @@ class CRSMArgs(SimCLRArgs):
 class CRSMMethod(SimCLRMethod):
     """SimCLR + a decoder rebuilding the clean view from the erased view's feature map."""
 
+    decoder: torch.nn.Module  # always there (SSLMethod's is optional)
+
     def __init__(
         self, backbone: Backbone, args: CRSMArgs, decoder: torch.nn.Module, image_size: int, out_channels: int
     ) -> None:
@@ -67,7 +69,7 @@ class CRSMMethod(SimCLRMethod):
             return weight
         return weight * min(1.0, (self.global_step + 1) / warmup)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Last feature map and pooled features of ``x``, from one pass where possible."""
         feature_map = self.backbone.forward_features(x)
         if self._pool_from_map:
@@ -79,7 +81,7 @@ class CRSMMethod(SimCLRMethod):
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         views = batch["views"][:2]
         clean = batch.get("clean") or views
-        feature_map, pooled = self.encode(torch.cat(views))
+        feature_map, pooled = self.encode_map(torch.cat(views))
         contrastive = self.contrastive_loss(self.projection_head(pooled))
         if self.args.reconstruct == "first":
             feature_map, target = feature_map[: views[0].shape[0]], clean[0]

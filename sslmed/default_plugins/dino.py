@@ -14,7 +14,7 @@ Exported backbone: the teacher, which the paper evaluates (it is the better one)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightly.loss import DINOLoss
@@ -83,7 +83,7 @@ class DINOMethod(SSLMethod):
         return DINOProjectionHead(feature_dim, a.hidden_dim, a.bottleneck_dim, a.output_dim, batch_norm=a.batch_norm)
 
     def export_backbone(self) -> Backbone:
-        return self.teacher_backbone
+        return cast(Backbone, self.teacher_backbone)  # a momentum copy of the backbone
 
     def teacher_temperature(self) -> float:
         a = self.args

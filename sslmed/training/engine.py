@@ -87,7 +87,7 @@ def build_method(step: StepSettings, registry: Registry) -> SSLMethod:
     )
     if not isinstance(method, SSLMethod):
         raise UsageError(f"objective {step.objective.name!r} did not return an sslmed.training.methods.SSLMethod")
-    if decoder is not None:
+    if decoder is not None and step.reconstruction is not None:  # built above only with a reconstruction
         if "decoder" in method.extra_exports():
             raise UsageError(
                 f"step {step.name!r}: objective {step.objective.name!r} has a decoder of its own; "
