@@ -51,6 +51,7 @@ DEFAULT_PLUGINS = (
     "sslmed.default_plugins.union",
     "sslmed.default_plugins.report_command",
     "sslmed.default_plugins.serve_command",
+    "sslmed.default_plugins.archive_commands",
 )
 
 # hook name for each component kind
