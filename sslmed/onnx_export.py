@@ -19,8 +19,12 @@ with ``config.json``'s ``preprocessing``). Its input ``pixel_values`` is
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,23 @@ ONNX_FILE = "model.onnx"
 #: the opset the exporter writes (onnxruntime >= 1.17 runs it)
 OPSET = 18
 INPUT, OUTPUTS = "pixel_values", ("probabilities", "features", "ood_score")
+
+
+#: loggers of the exporter's graph optimiser, which log every rewrite at INFO
+QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 class ExportGraph(nn.Module):
@@ -75,7 +96,9 @@ def export_onnx(predictor: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
     try:
-        with torch.no_grad():
+        # the exporter prints its progress on stdout (where the command's JSON goes) and its
+        # optimiser logs every rewrite at INFO: both kept out of the user's terminal
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _quiet(QUIET_LOGGERS):
             program = torch.onnx.export(
                 graph,
                 (example,),
