@@ -30,7 +30,7 @@ def exported(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 3, 60)
     proba = np.eye(3)[np.where(rng.random(60) < 0.7, y_true, (y_true + 1) % 3)] * 0.8 + 0.2 / 3
-    row = {k: meta["metrics"][k] for k in ("model", "probe")} | {"label_fraction": meta["metrics"].get("label_fraction")}
+    row = {k: meta["metrics"].get(k) for k in ("model", "probe", "label_fraction")}
     row["test_predictions"] = {"y_true": y_true.tolist(), "proba": proba.tolist()}
     (run / "results.json").write_text(json.dumps({"rows": [row]}))
     result = CliRunner().invoke(cli, ["export", str(run), "--format", "onnx"])
@@ -60,7 +60,8 @@ def test_onnxruntime_matches_pytorch_on_real_images(exported: Path, images: list
     threshold = onnx.config["ood"]["threshold"]
     torch_flags = [r.ood_flag for r in torch_results]
     assert (out["ood_score"] > threshold).tolist() == torch_flags
-    assert predictor.ood is not None and predictor.ood.flag(predictor.ood.score(out["features"])).tolist() == torch_flags
+    assert predictor.ood is not None
+    assert predictor.ood.flag(predictor.ood.score(out["features"])).tolist() == torch_flags
     np.testing.assert_allclose(out["ood_score"], [r.ood_score for r in torch_results], rtol=1e-3)
     # dynamic batch: one image at a time gives the same answers
     single = np.concatenate([onnx.run(pixels[i : i + 1])["probabilities"] for i in range(3)])
@@ -87,7 +88,8 @@ def test_export_folder_describes_itself(exported: Path, images: list[Path]) -> N
     low, high = (float(v) for v in accuracy.split("|")[3].strip().split("-"))
     assert 0.5 < low < high < 0.95, accuracy  # the bootstrap interval of the results row (70% correct)
     model = sslmed.load_model(exported, device="cpu")
-    assert model.predict(images[0]).probabilities == Predictor(exported, device="cpu").analyse(images[:1])[0].probabilities
+    expected = Predictor(exported, device="cpu").analyse(images[:1])[0].probabilities
+    assert model.predict(images[0]).probabilities == expected
 
 
 def test_unknown_format_and_missing_model_are_one_line_errors(exported: Path, tmp_path: Path) -> None:
