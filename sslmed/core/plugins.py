@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
     "sslmed.default_plugins.commands",
     "sslmed.default_plugins.augmentations",
     "sslmed.default_plugins.backbones",
+    "sslmed.default_plugins.timm_backbones",
     "sslmed.default_plugins.datasets",
     "sslmed.default_plugins.chexpert",
     "sslmed.default_plugins.data_commands",
