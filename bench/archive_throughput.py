@@ -64,7 +64,8 @@ def main() -> None:
                 start = time.perf_counter()
                 run(predictor, archive, target, batch_size=args.batch_size, workers=workers, progress=False)
                 rates.append(args.images / (time.perf_counter() - start))
-            print(f"| {name} | {workers} | **{statistics.median(rates):.1f}** ({', '.join(f'{r:.1f}' for r in rates)}) |")
+            spread = ", ".join(f"{r:.1f}" for r in rates)
+            print(f"| {name} | {workers} | **{statistics.median(rates):.1f}** ({spread}) |")
     print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     shutil.rmtree(work)
 

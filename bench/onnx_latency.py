@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from serve_load import add_trust, export_resnet18
 
@@ -59,8 +58,10 @@ def main() -> None:
     onnx = OnnxPredictor(folder / "export", threads=args.threads)
     images = sorted((DATA / "covid3" / "images").rglob("*.png"))[: max(args.batch)]
     inputs = torch.cat([predictor.model_input(predictor.load(p)) for p in images])
-    print(f"{datetime.date.today()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.1f}; torch {torch.__version__}, threads {args.threads}, {args.size} px")
+    print(
+        f"{datetime.date.today()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.1f}; torch {torch.__version__}, threads {args.threads}, {args.size} px"
+    )
     print("| batch | PyTorch ms | onnxruntime ms | ratio ort/torch (median; per round) |")
     print("|---|---|---|---|")
     for batch in args.batch:
