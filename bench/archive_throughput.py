@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from serve_load import add_trust, export_resnet18
 
-from sslmed.batch_predict import embed_archive, predict_archive
-from sslmed.predict import Predictor
+from sslmed.serving.batch_predict import embed_archive, predict_archive
+from sslmed.serving.predict import Predictor
 
 DATA = Path(os.environ.get("SSLMED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

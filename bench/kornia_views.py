@@ -28,7 +28,7 @@ from scipy import stats
 from torchvision.transforms import v2
 
 from sslmed.default_plugins.augmentations import BatchedSimCLRViews, SimCLRViewArgs, build_simclr_views
-from sslmed.transforms import MEAN, STD
+from sslmed.training.transforms import MEAN, STD
 
 DATA = Path(os.environ.get("SSLMED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 N, ALPHA = 3000, 0.001  # as tests/test_device_aug.py

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from serve_load import add_trust, export_resnet18
 
-from sslmed.hub_export import write_export
-from sslmed.onnx_export import OnnxPredictor
-from sslmed.predict import Predictor
+from sslmed.serving.hub_export import write_export
+from sslmed.serving.onnx_export import OnnxPredictor
+from sslmed.serving.predict import Predictor
 
 DATA = Path(os.environ.get("SSLMED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 __all__ = ["Model", "load_model", "__version__"]
 
-_LAZY = {"load_model": "sslmed.api", "Model": "sslmed.api"}
+_LAZY = {"load_model": "sslmed.serving.api", "Model": "sslmed.serving.api"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,6 @@
 """``sslmed export`` (a model folder to publish: safetensors, ONNX, config, model card)
 and ``sslmed embed`` (features of a folder or CSV of images). ``sslmed predict ... --out``
-is in :mod:`sslmed.default_plugins.commands` and shares :mod:`sslmed.batch_predict`."""
+is in :mod:`sslmed.default_plugins.commands` and shares :mod:`sslmed.serving.batch_predict`."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from typing import Any
 
 import click
 
-from sslmed.errors import RunInterrupted
-from sslmed.hookspecs import hookimpl
+from sslmed.core.errors import RunInterrupted
+from sslmed.core.hookspecs import hookimpl
 
 FORMATS = ("safetensors", "onnx")
 
 
 def run_archive(kind: str, model: Path, source: Path, out: Path, batch_size: int, workers: int | None) -> None:
     """Predict or embed a whole archive; counts as JSON on stdout, progress on stderr."""
-    from sslmed.batch_predict import embed_archive, predict_archive
+    # lazily: torch loads only for the command that runs
+    from sslmed.serving.batch_predict import embed_archive, predict_archive
 
     work = predict_archive if kind == "predict" else embed_archive
     try:
@@ -77,8 +78,9 @@ def export_command(model: Path, formats: tuple[str, ...], out: Path | None) -> N
     """Write MODEL (a run folder or its model/) as a folder to publish: model.safetensors
     + model.json, config.json, a README.md model card, and model.onnx with --format onnx
     (calibrated probabilities, pooled features and the OOD score; dynamic batch)."""
-    from sslmed.hub_export import write_export
-    from sslmed.predict import find_model_dir
+    # lazily: torch loads only for the command that runs
+    from sslmed.serving.hub_export import write_export
+    from sslmed.serving.predict import find_model_dir
 
     model_dir = find_model_dir(model)
     folder = write_export(model_dir, out or model_dir.parent / "export", ("safetensors", *formats))

@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-from sslmed.default_plugins.archive_commands import archive_options, run_archive
 from sslmed.core.errors import ImageLoadError, UnknownComponentError, UsageError
 from sslmed.core.hookspecs import hookimpl
 from sslmed.core.plugins import disable_hint, get_registry, plugin_infos
 from sslmed.core.registry import KINDS, Nested, close_matches
+from sslmed.default_plugins.archive_commands import archive_options, run_archive
 
 KIND_CHOICES = KINDS
 

@@ -10,7 +10,7 @@
 and the weights are never downloaded (``pretrained`` is always false): pre-training
 starts from random weights, as the other backbones do.
 
-What the :class:`~sslmed.models.Backbone` contract gets from a timm model:
+What the :class:`~sslmed.core.backbone.Backbone` contract gets from a timm model:
 
 * pooled features (``forward``): timm's own head without the classifier
   (``forward_head(..., pre_logits=True)``: average pooling for CNNs, the class token or
@@ -36,9 +36,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from sslmed.errors import UsageError
-from sslmed.hookspecs import hookimpl
-from sslmed.models import Backbone
+from sslmed.core.backbone import Backbone
+from sslmed.core.errors import UsageError
+from sslmed.core.hookspecs import hookimpl
 
 #: arguments the plugin sets itself
 RESERVED = {

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from fault_support import write_small_data
+from faults import write_small_data
 
-from sslmed.cli import cli
-from sslmed.errors import UsageError
-from sslmed.explain import grad_cam
-from sslmed.plugins import get_registry
-from sslmed.predict import Predictor
-from sslmed.rundir import RunDir
+from sslmed.app.cli import cli
+from sslmed.artifacts.rundir import RunDir
+from sslmed.core.errors import UsageError
+from sslmed.core.plugins import get_registry
+from sslmed.serving.explain import grad_cam
+from sslmed.serving.predict import Predictor
 
 pytest.importorskip("timm")
 
@@ -101,7 +101,7 @@ def test_trains_resumes_exports_predicts_on_real_data(kind: str, data_dir: Path,
     assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     result = CliRunner().invoke(cli, ["export", str(run.path), "--format", "onnx"])
     assert result.exit_code == 0, result.output
-    from sslmed.onnx_export import OnnxPredictor
+    from sslmed.serving.onnx_export import OnnxPredictor
 
     x = predictor.model_input(predictor.load(image))
     onnx = OnnxPredictor(run.path / "export").run(x.numpy())

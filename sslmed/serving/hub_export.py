@@ -9,11 +9,11 @@ Hugging Face model repository, ready to upload as it is (never uploaded from her
       config.json        classes (id2label), preprocessing, calibration, OOD threshold, files
       model.safetensors  the weights (backbone, head, OOD statistics), as in ``model/``
       model.json         sslmed's description of them (``sslmed.load_model`` reads it)
-      model.onnx         with ``--format onnx``: see :mod:`sslmed.onnx_export`
+      model.onnx         with ``--format onnx``: see :mod:`sslmed.serving.onnx_export`
 
 The metrics come from the model's own ``model.json``; their intervals from the run's
 ``results.json`` (the test predictions of the same row), resampled as the report does
-(:func:`sslmed.comparisons.interval`). A model folder without its run has no intervals,
+(:func:`sslmed.evaluation.comparisons.interval`). A model folder without its run has no intervals,
 and the card says so.
 """
 
@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from sslmed import __version__
-from sslmed.errors import CheckpointError
-from sslmed.rundir import MODEL_EXPORT, RESULTS_JSON, atomic_write_json, atomic_write_text, meta_file, weights_file
-from sslmed.transforms import image_mode, normalize_values
+from sslmed.artifacts.rundir import MODEL_EXPORT, RESULTS_JSON, meta_file, weights_file
+from sslmed.core.errors import CheckpointError
+from sslmed.core.files import atomic_write_json, atomic_write_text
+from sslmed.training.transforms import image_mode, normalize_values
 
 CONFIG, CARD = "config.json", "README.md"
 FORMATS = ("safetensors", "onnx")
@@ -73,7 +74,7 @@ def metric_intervals(results: dict[str, Any] | None, metrics: dict[str, Any]) ->
     from (same model, probe and label fraction, with its test predictions)."""
     if not results:
         return {}
-    from sslmed.comparisons import interval  # here: scikit-learn, only when a card is written
+    from sslmed.evaluation.comparisons import interval  # here: scikit-learn, only when a card is written
 
     for row in results.get("rows", []):
         same = all(row.get(k) == metrics.get(k) for k in ("model", "probe", "label_fraction"))
@@ -195,7 +196,7 @@ def model_card(meta: dict[str, Any], intervals: dict[str, tuple[float, float]], 
 def write_export(model_dir: Path, out: Path, formats: tuple[str, ...] = ("safetensors",)) -> Path:
     """The export folder ``out`` from the model export in ``model_dir`` (whose run,
     when it has one, gives the intervals); ``formats`` adds ``onnx``."""
-    from sslmed.predict import Predictor  # here: torch and the registry, only when exporting
+    from sslmed.serving.predict import Predictor  # here: torch and the registry, only when exporting
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -210,7 +211,8 @@ def write_export(model_dir: Path, out: Path, formats: tuple[str, ...] = ("safete
         temp.replace(out / source.name)
     outputs = None
     if "onnx" in formats:
-        from sslmed.onnx_export import ONNX_FILE, OUTPUTS, export_onnx
+        # lazily: onnx and its exporter load only for --format onnx
+        from sslmed.serving.onnx_export import ONNX_FILE, OUTPUTS, export_onnx
 
         export_onnx(predictor, out / ONNX_FILE)
         outputs = list(OUTPUTS if predictor.ood is not None else OUTPUTS[:2])

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslmed.adapters import IMAGE_SUFFIXES
-from sslmed.errors import DataError, SslmedError, UsageError
-from sslmed.predict import Predictor
+from sslmed.core.errors import DataError, SslmedError, UsageError
+from sslmed.data.adapters import IMAGE_SUFFIXES
+from sslmed.serving.predict import Predictor
 
 PARTIAL = ".partial"
 EMBEDDING_FORMATS = (".npy", ".parquet")

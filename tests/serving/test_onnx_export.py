@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from webapp_support import covid3_records, shared_model_export
 
 import sslmed
-from sslmed.cli import cli
-from sslmed.hub_export import write_export
-from sslmed.predict import Predictor
+from sslmed.app.cli import cli
+from sslmed.serving.hub_export import write_export
+from sslmed.serving.predict import Predictor
+from sslmed.testing.models import covid3_records, shared_model_export
 
 pytest.importorskip("onnxruntime")
 
@@ -47,7 +47,7 @@ def images(data_dir: Path) -> list[Path]:
 
 
 def test_onnxruntime_matches_pytorch_on_real_images(exported: Path, images: list[Path]) -> None:
-    from sslmed.onnx_export import OnnxPredictor
+    from sslmed.serving.onnx_export import OnnxPredictor
 
     predictor = Predictor(exported, device="cpu")
     torch_results = predictor.analyse(images)  # the path sslmed predict takes (fused batch norm)
@@ -96,7 +96,7 @@ def test_unknown_format_and_missing_model_are_one_line_errors(exported: Path, tm
     result = CliRunner().invoke(cli, ["export", str(tmp_path), "--format", "onnx"])
     assert result.exit_code == 1 and "no exported model here" in result.output
     assert result.output.count("\n") == 1
-    from sslmed.errors import CheckpointError
+    from sslmed.core.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="unknown export format 'tflite'"):
         write_export(exported, tmp_path / "x", ("tflite",))

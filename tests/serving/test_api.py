@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_predict import write_dicom
-from webapp_support import covid3_records, shared_model_export
 
 import sslmed
-from sslmed.errors import CheckpointError, ImageLoadError
+from sslmed.core.errors import CheckpointError, ImageLoadError
+from sslmed.testing.models import covid3_records, shared_model_export
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_import_sslmed_does_not_import_torch() -> None:
     code = "import sys, sslmed; assert 'torch' not in sys.modules; print(sslmed.load_model.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "sslmed.api"
+    assert out.stdout.strip() == "sslmed.serving.api"
 
 
 def test_every_image_form_gives_the_same_prediction(model, data_dir, tmp_path) -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from webapp_support import covid3_records, shared_model_export
 
-import sslmed.batch_predict as batch_predict
-from sslmed.cli import cli
-from sslmed.predict import Predictor
+import sslmed.serving.batch_predict as batch_predict
+from sslmed.app.cli import cli
+from sslmed.serving.predict import Predictor
+from sslmed.testing.models import covid3_records, shared_model_export
 
 
 @pytest.fixture(scope="module")

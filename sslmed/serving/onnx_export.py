@@ -1,7 +1,7 @@
 """The classifier as one ONNX graph: normalised pixels in, calibrated probabilities,
 pooled features and the out-of-distribution score out.
 
-The graph is what :class:`sslmed.predict.Predictor` computes after its preprocessing
+The graph is what :class:`sslmed.serving.predict.Predictor` computes after its preprocessing
 (the eval transform stays outside: resize to ``image_size``², scale to 0-1, normalise
 with ``config.json``'s ``preprocessing``). Its input ``pixel_values`` is
 ``batch×C×H×W`` float32 with a dynamic batch; its outputs:
@@ -11,7 +11,7 @@ with ``config.json``'s ``preprocessing``). Its input ``pixel_values`` is
 * ``features`` (``batch×feature_dim``): the pooled backbone features, for your own
   out-of-distribution score or downstream model;
 * ``ood_score`` (``batch``, only when the export has an OOD score): the
-  :class:`sslmed.ood.FeatureDistance` score, flagged above ``config.json``'s
+  :class:`sslmed.evaluation.ood.FeatureDistance` score, flagged above ``config.json``'s
   ``ood.threshold``.
 
 :class:`OnnxPredictor` runs such a file with onnxruntime and numpy only.
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sslmed.errors import CheckpointError, UsageError
+from sslmed.core.errors import CheckpointError, UsageError
 
 ONNX_FILE = "model.onnx"
 #: the opset the exporter writes (onnxruntime >= 1.17 runs it)

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sslmed.errors import ImageLoadError
-from sslmed.imaging import _normalise_mode, _to_uint8  # the loader's own mode handling, for in-memory images
-from sslmed.predict import Prediction, Predictor
+from sslmed.core.errors import ImageLoadError
+from sslmed.data.imaging import _normalise_mode, _to_uint8  # the loader's own mode handling, for in-memory images
+from sslmed.serving.predict import Prediction, Predictor
 
 #: one image as :meth:`Model.predict` and :meth:`Model.embed` take it
 ImageLike = Any  # str | Path | bytes | PIL.Image.Image | np.ndarray | pydicom.Dataset
@@ -96,9 +96,9 @@ class Model:
             yield [self.image(i) for i in images[start : start + self.batch_size]]
 
     def predict(self, images: ImageLike | Sequence[ImageLike]) -> Prediction | list[Prediction]:
-        """:class:`~sslmed.predict.Prediction` per image: ``probabilities`` (by class),
+        """:class:`~sslmed.serving.predict.Prediction` per image: ``probabilities`` (by class),
         ``calibrated``, ``ood_score``, ``ood_flag``; ``as_dict()`` gives the JSON of
-        ``sslmed predict``. Raises :class:`~sslmed.errors.ImageLoadError` for an image
+        ``sslmed predict``. Raises :class:`~sslmed.core.errors.ImageLoadError` for an image
         that cannot be read."""
         if _is_one(images):
             return self.predict([images])[0]
@@ -119,7 +119,7 @@ def load_model(path: str | Path, device: str | None = None, batch_size: int = 32
     """The model of a run folder, a ``model/`` folder or an ``sslmed export`` folder.
 
     ``device`` defaults to the GPU when there is one; ``batch_size`` images go through
-    the model at a time. Raises :class:`~sslmed.errors.CheckpointError` when ``path``
+    the model at a time. Raises :class:`~sslmed.core.errors.CheckpointError` when ``path``
     holds no model.
     """
     return Model(Predictor(path, device=device), batch_size=batch_size)
