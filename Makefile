@@ -9,13 +9,21 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup run test test-fast lint typecheck bench docs docs-serve clean
 
+# one line per step; pip quiet (its errors still show), no version nag
+PIP = $(BIN)/pip install --quiet --disable-pip-version-check --no-warn-script-location
+
 $(BIN)/sslmed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,docs]' $(TORCH)
-	$(BIN)/pip install --quiet -e plugins/sslmed-clahe
-	touch $(BIN)/sslmed
+	@echo "[1/4] virtual environment in $(VENV)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PIP) --upgrade pip
+	@echo "[2/4] torch and torchvision ($(TORCH))"
+	@$(PIP) $(TORCH)
+	@echo "[3/4] sslmed and its development tools (editable)"
+	@$(PIP) -e '.[dev,docs,parquet]' $(TORCH)
+	@echo "[4/4] the example plugin sslmed-clahe (editable)"
+	@$(PIP) -e plugins/sslmed-clahe
+	@touch $(BIN)/sslmed
+	@echo "ready: $(BIN)/sslmed (try: make run)"
 
 setup: $(BIN)/sslmed
 

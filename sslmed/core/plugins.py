@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
     "sslmed.default_plugins.commands",
     "sslmed.default_plugins.augmentations",
     "sslmed.default_plugins.backbones",
+    "sslmed.default_plugins.timm_backbones",
     "sslmed.default_plugins.datasets",
     "sslmed.default_plugins.chexpert",
     "sslmed.default_plugins.data_commands",
@@ -51,6 +52,7 @@ DEFAULT_PLUGINS = (
     "sslmed.default_plugins.union",
     "sslmed.default_plugins.report_command",
     "sslmed.default_plugins.serve_command",
+    "sslmed.default_plugins.archive_commands",
 )
 
 # hook name for each component kind

@@ -19,6 +19,7 @@ from sslmed.core.errors import ImageLoadError, UnknownComponentError, UsageError
 from sslmed.core.hookspecs import hookimpl
 from sslmed.core.plugins import disable_hint, get_registry, plugin_infos
 from sslmed.core.registry import KINDS, Nested, close_matches
+from sslmed.default_plugins.archive_commands import archive_options, run_archive
 
 KIND_CHOICES = KINDS
 
@@ -196,16 +197,32 @@ def eval_command(run_dir: Path) -> None:
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-def predict(model: Path, images: tuple[Path, ...]) -> None:
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a CSV for a whole folder or CSV of images (IMAGES: one folder, or a CSV with a 'path' column).",
+)
+@archive_options
+def predict(model: Path, images: tuple[Path, ...], out: Path | None, batch_size: int, workers: int | None) -> None:
     """Classify IMAGES with MODEL (a run folder or its model/); JSON on stdout.
 
     For each image: the class probabilities (calibrated when the model export has a
     temperature, "calibrated": true) and, when it has one, the out-of-distribution
     score with its threshold and whether the image is flagged as unlike the training
     images.
+
+    With --out: IMAGES is one folder or CSV, streamed in batches into a CSV (one row per
+    image, unreadable ones with their error), written atomically; run the same command
+    again to continue an interrupted run.
     """
     # lazily: torch loads only for the command that runs
     from sslmed.serving.predict import Predictor
+
+    if out is not None:
+        if len(images) != 1:
+            raise UsageError(f"--out {out}: give one folder or CSV of images, not {len(images)} paths")
+        run_archive("predict", model, images[0], out, batch_size, workers)
+        return
 
     predictor = Predictor(model)
     results, failed = {}, 0

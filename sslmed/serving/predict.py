@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -172,16 +173,23 @@ class Predictor:
         return self.transform(image).unsqueeze(0)
 
     @torch.inference_mode()
-    def analyse_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
-        """Calibrated class probabilities and the OOD score for already-loaded images."""
-        batch = torch.cat([self.model_input(image) for image in images]).to(self.device)
+    def forward_batch(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities, pooled features and OOD scores (None without an
+        OOD score) of a ``N×C×H×W`` batch of model inputs (:meth:`model_input`)."""
+        batch = batch.to(self.device)
         backbone = self._inference_backbone()
         if backbone is not self.model.backbone:
             batch = batch.contiguous(memory_format=torch.channels_last)
         features = backbone(batch)
         logits = self.model.head(features).float() / self.temperature
         probabilities = self.task.activate(logits).cpu().numpy()
-        scores = self.ood.score(features.float().cpu().numpy()) if self.ood is not None else [None] * len(images)
+        pooled = features.float().cpu().numpy()
+        return probabilities, pooled, (self.ood.score(pooled) if self.ood is not None else None)
+
+    def analyse_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        """Calibrated class probabilities and the OOD score for already-loaded images."""
+        probabilities, _, found = self.forward_batch(torch.cat([self.model_input(image) for image in images]))
+        scores = found if found is not None else [None] * len(images)
         threshold = self.ood.threshold if self.ood is not None else None
         return [
             Prediction(
