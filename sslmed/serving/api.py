@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -101,8 +101,11 @@ class Model:
         ``sslmed predict``. Raises :class:`~sslmed.core.errors.ImageLoadError` for an image
         that cannot be read."""
         if _is_one(images):
-            return self.predict([images])[0]
-        return [p for chunk in self._chunks(list(images)) for p in self.predictor.analyse_images(chunk)]
+            return self._predict_all([cast(ImageLike, images)])[0]
+        return self._predict_all(list(cast(Sequence[ImageLike], images)))
+
+    def _predict_all(self, images: list[ImageLike]) -> list[Prediction]:
+        return [p for chunk in self._chunks(images) for p in self.predictor.analyse_images(chunk)]
 
     def embed(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
         """Pooled backbone features: ``N×feature_dim`` float32 (``feature_dim`` for one image)."""

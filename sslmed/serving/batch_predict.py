@@ -198,7 +198,7 @@ def predict_archive(
                         *[f"{p:.6f}" for p in row],
                         predictor.classes[int(row.argmax())],
                         "" if score is None else f"{score:.4f}",
-                        "" if score is None else str(score > threshold).lower(),
+                        "" if score is None or threshold is None else str(score > threshold).lower(),
                         "",
                     ]
                 )

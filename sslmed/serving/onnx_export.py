@@ -26,7 +26,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -78,8 +78,9 @@ class ExportGraph(nn.Module):
         if not self.with_ood:
             return probabilities, features
         z = nn.functional.normalize(features, dim=1)
-        diff = z[:, None, :] - self.means[None, :, :]  # batch × classes × features
-        squared = ((diff @ self.precision) * diff).sum(dim=2)
+        means, precision = cast(torch.Tensor, self.means), cast(torch.Tensor, self.precision)  # buffers
+        diff = z[:, None, :] - means[None, :, :]  # batch × classes × features
+        squared = ((diff @ precision) * diff).sum(dim=2)
         score = torch.sqrt(torch.clamp(squared.min(dim=1).values, min=0.0))
         return probabilities, features, score
 
@@ -110,6 +111,8 @@ def export_onnx(predictor: Any, path: Path) -> Path:
                 verbose=False,
                 external_data=False,
             )
+        if program is None:  # the dynamo exporter always returns a program
+            raise RuntimeError("torch.onnx.export returned no program")
         program.save(str(temp))
         onnx.checker.check_model(str(temp))
         temp.replace(path)
