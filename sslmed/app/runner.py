@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import platform
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -119,14 +120,21 @@ def resolve_resume(recipe: Recipe, runs_dir: Path, resume: str) -> Path:
     return run.path
 
 
+def resume_command(run: RunDir) -> str:
+    """The command that continues ``run``: its own ``recipe.yaml`` (the resolved recipe,
+    ``--set`` overrides included), so it works however the run was started."""
+    return f"sslmed run {shlex.quote(str(run.recipe_file))} --resume {shlex.quote(str(run.path))}"
+
+
 @contextlib.contextmanager
 def resume_hint(recipe_path: str | Path, run: RunDir) -> Iterator[None]:
-    """Add to a :class:`RunInterrupted` the command that continues the run."""
+    """Add to a :class:`RunInterrupted` the command that continues the run
+    (:func:`resume_command`; ``recipe_path`` with ``--set`` would be refused as another recipe)."""
     try:
         yield
     except RunInterrupted as exc:
         raise RunInterrupted(
-            f"{exc}; the run is not finished. Continue it with: sslmed run {recipe_path} --resume {run.path}",
+            f"{exc}; the run is not finished. Continue it with: {resume_command(run)}",
             exc.signal_number,
         ) from None
 

@@ -64,3 +64,40 @@ def remove_partial_files(folder: Path) -> list[Path]:
         partial.unlink(missing_ok=True)
         removed.append(partial)
     return removed
+
+
+def check_regular_file(path: str | Path, max_bytes: int | None, what: str, error: type[Exception]) -> int:
+    """The size of ``path`` once it is known to be a regular file of at most ``max_bytes``;
+    else ``error`` (an sslmed error type) naming ``what`` and the path in one line.
+
+    A FIFO would block the reader for ever and ``/dev/zero`` never ends, so a path is
+    checked with ``stat`` (links followed: the target counts) before anything is read."""
+    import stat
+
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise error(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
+        raise error(f"{what} {path}: {kind}; give a regular file") from None
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise error(f"{what} {path}: {info.st_size:,} bytes, more than the {max_bytes:,} allowed") from None
+    return info.st_size
+
+
+def read_bounded(path: str | Path, max_bytes: int, what: str, error: type[Exception]) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (:func:`check_regular_file`),
+    opened without blocking and read no further than the limit (a file growing meanwhile
+    is refused too)."""
+    check_regular_file(path, max_bytes, what, error)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise error(f"{what} {path}: more than the {max_bytes:,} bytes allowed") from None
+    return data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +60,22 @@ def _folder_name(value: str) -> str:
 
 #: letters, digits, ``_ . -``; not starting with a dot (no ``.``, ``..`` or hidden folders)
 FolderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$"), pydantic.AfterValidator(_folder_name)]
+
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def _file_name(value: str) -> str:
+    """Data names become file names in a run folder (``splits/<name>.csv``): no path, ever."""
+    if not _FILE_NAME.match(value):
+        raise ValueError(
+            f"data name {value!r} becomes a file name: use letters, digits and '_ . -' "
+            "(at most 100, not starting with '.' or '-'), no '/' or '..'"
+        )
+    return value
+
+
+#: a data section's key: it names files in the run folder (``RunDir.split_file``), so it is a name
+DataName = Annotated[str, pydantic.AfterValidator(_file_name)]
 
 
 class _Strict(BaseModel):
@@ -250,7 +267,7 @@ class Recipe(_Strict):
     name: FolderName
     description: str = ""
     data_root: str | None = Field(None, description="where relative data paths start")
-    data: dict[str, Annotated[ComponentSpec, Nested("dataset")]]
+    data: dict[DataName, Annotated[ComponentSpec, Nested("dataset")]]
     steps: list[StepSettings] = Field(min_length=1)
     evaluation: EvaluationSettings | None = None
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sslmed.core.errors import DataError
+from sslmed.core.files import check_regular_file
 from sslmed.data.readers import ArrayReader, file_reader
 from sslmed.data.roots import resolve_path
 from sslmed.data.sources import UNLABELLED, ImageRecord, ImageSource, TaskName
@@ -54,6 +55,9 @@ __all__ = [
 ]
 
 #: file name endings the folder-walking adapters take for images
+#: a label table larger than this is refused before it is read (CheXpert's is 30 MB)
+MAX_CSV_BYTES = 2 * 2**30
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 
 
@@ -185,6 +189,8 @@ def listed(items: list[str], limit: int = 5) -> str:
 
 def read_csv_rows(table: Path) -> tuple[list[str], list[dict[str, str]]]:
     """Columns and rows of a CSV file, or a :class:`DataError` saying why it cannot be read."""
+    # a FIFO blocks the reader for ever, /dev/zero never ends: a regular file of bounded size
+    check_regular_file(table, MAX_CSV_BYTES, "CSV file", DataError)
     try:
         with open(table, newline="", encoding="utf-8-sig") as handle:
             reader = csv_module.DictReader(handle)

@@ -39,6 +39,7 @@ from filelock import FileLock, Timeout
 from PIL import Image
 
 from sslmed.core.errors import DataError
+from sslmed.core.files import read_bounded
 from sslmed.data.sources import ImageRecord, ImageSource
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ FORMAT = "sslmed-cache-v1"
 IMAGES_FILE = "images.npy"
 META_FILE = "meta.json"
 COMPLETE_FILE = "COMPLETE"  # written last: marks the cache complete
+#: a meta.json larger than this is not read (a million refs is about 40 MB)
+MAX_META_BYTES = 512 * 2**20
 #: how long a process waits for another one building the same cache (seconds)
 LOCK_TIMEOUT = 6 * 3600
 
@@ -142,13 +145,20 @@ class ImageCache:
     meta: dict[str, Any]
     rows: dict[str, int]
 
+    #: why an earlier cache in this folder was rebuilt (None: it was sound or new)
+    rebuilt_because: str | None = None
+
     @classmethod
     def open(cls, folder: Path) -> ImageCache:
-        """Open a complete cache folder (a :class:`DataError` if it is not one)."""
+        """Open a complete cache folder, checked (:func:`check_cache`; a :class:`DataError`
+        naming what is wrong if it is not sound)."""
         folder = Path(folder)
         if not (folder / COMPLETE_FILE).is_file():
             raise DataError(f"{folder}: not a complete sslmed image cache (no {COMPLETE_FILE} marker)")
-        meta = json.loads((folder / META_FILE).read_text())
+        problem = check_cache(folder)
+        if problem:
+            raise DataError(f"image cache {folder} is broken: {problem}")
+        meta = _read_meta(folder)
         return cls(folder, meta, {ref: row for row, ref in enumerate(meta["refs"])})
 
     @property
@@ -168,9 +178,75 @@ class ImageCache:
             raise DataError(f"image cache {self.folder} has no image {record.ref!r}: built from other data") from None
 
 
+def _read_meta(folder: Path) -> dict[str, Any]:
+    """meta.json, bounded and parsed (a :class:`DataError` in one line if it is not)."""
+    data = read_bounded(folder / META_FILE, MAX_META_BYTES, "image cache metadata", DataError)
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{folder / META_FILE}: not valid JSON ({str(exc)[:80]})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("refs"), list) or not isinstance(meta.get("key"), dict):
+        raise DataError(f"{folder / META_FILE}: not an sslmed cache description (no key/refs)")
+    return meta
+
+
+def _marker(meta_bytes: bytes) -> str:
+    return json.dumps(
+        {"format": FORMAT, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "meta_sha256": _sha256(meta_bytes)}
+    )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_cache(folder: Path) -> str | None:
+    """What is wrong with a complete-looking cache folder, in a few words; ``None`` if
+    nothing: the marker's digest of ``meta.json`` matches, and ``images.npy`` is a regular
+    file whose header declares ``N x C x S x S`` uint8 for the N refs and the key's size
+    and channels, with exactly that many bytes after the header."""
+    folder = Path(folder)
+    try:
+        marker = json.loads((folder / COMPLETE_FILE).read_text(encoding="utf-8")[:4096])
+        expected = marker["meta_sha256"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return f"its {COMPLETE_FILE} marker holds no digest of {META_FILE} (an older or damaged cache)"
+    try:
+        meta_bytes = (folder / META_FILE).read_bytes() if (folder / META_FILE).is_file() else None
+    except OSError as exc:
+        return f"{META_FILE} cannot be read ({exc.strerror or exc})"
+    if meta_bytes is None:
+        return f"{META_FILE} is missing"
+    if _sha256(meta_bytes) != expected:
+        return f"{META_FILE} changed since the cache was built (its digest differs)"
+    try:
+        meta = _read_meta(folder)
+        key = meta["key"]
+        shape_expected = (len(meta["refs"]), int(key["channels"]), int(key["size"]), int(key["size"]))
+    except (DataError, KeyError, TypeError, ValueError) as exc:
+        return f"{META_FILE} is not a cache description ({str(exc)[:80]})"
+    images = folder / IMAGES_FILE
+    if images.is_symlink() or not images.is_file():
+        return f"{IMAGES_FILE} is missing or not a regular file"
+    try:
+        with open(images, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = reader(handle)
+            offset = handle.tell()
+    except (OSError, ValueError, SyntaxError) as exc:
+        return f"{IMAGES_FILE} has no readable .npy header ({str(exc)[:80]})"
+    if tuple(shape) != shape_expected or dtype != np.uint8 or fortran:
+        return f"{IMAGES_FILE} holds {tuple(shape)} {dtype}, expected {shape_expected} uint8"
+    size, wanted = images.stat().st_size, offset + int(np.prod(shape_expected))
+    if size != wanted:
+        return f"{IMAGES_FILE} is {size:,} bytes, its header says {wanted:,} (truncated or appended to)"
+    return None
+
+
 def _check_match(folder: Path, key: dict[str, Any]) -> None:
     """A cache folder named directly must hold this data at this size."""
-    meta = json.loads((folder / META_FILE).read_text())
+    meta = _read_meta(folder)
     differs = [k for k in key if meta.get("key", {}).get(k) != key[k]]
     if differs:
         found = ", ".join(f"{k}={meta.get('key', {}).get(k)!r} (expected {key[k]!r})" for k in differs)
@@ -217,21 +293,32 @@ def ensure_cache(
     """
     root = Path(root) if root is not None else default_cache_root()
     key = cache_key(source, size, channels)
-    if (root / META_FILE).is_file():  # the setting names one cache folder, not a root
-        _check_match(root, key)
-        return ImageCache.open(root)
-    folder = cache_folder(root, key)
-    if (folder / COMPLETE_FILE).is_file():
+    named = (root / META_FILE).is_file() or (root / COMPLETE_FILE).is_file()
+    if named:  # the setting names one cache folder, not a root
+        folder = root
+        if check_cache(folder) is None:
+            _check_match(folder, key)
+    else:
+        folder = cache_folder(root, key)
+    broken = check_cache(folder) if (folder / COMPLETE_FILE).is_file() else None
+    if (folder / COMPLETE_FILE).is_file() and broken is None:
         return ImageCache.open(folder)
-    _check_writable(root)
+    if broken:
+        log.warning("image cache %s is broken (%s); rebuilding it", folder, broken)
+    _check_writable(folder.parent)
     lock = FileLock(str(folder) + ".lock")
     try:
         with lock.acquire(timeout=LOCK_TIMEOUT):
-            if not (folder / COMPLETE_FILE).is_file():  # another process may have built it meanwhile
+            # another process may have built (or rebuilt) it meanwhile
+            if not (folder / COMPLETE_FILE).is_file() or check_cache(folder) is not None:
+                if (folder / COMPLETE_FILE).is_file():
+                    (folder / COMPLETE_FILE).unlink()  # build_cache replaces an incomplete folder only
                 build_cache(source, key, folder, progress=progress, workers=workers)
     except Timeout:
         raise DataError(f"waited {LOCK_TIMEOUT}s for another process building {folder}; is it stuck?") from None
-    return ImageCache.open(folder)
+    cache = ImageCache.open(folder)
+    cache.rebuilt_because = broken
+    return cache
 
 
 def build_cache(
@@ -267,9 +354,10 @@ def build_cache(
         del images
         meta = {"key": key, "refs": [str(r.ref) for r in records], "built_seconds": 0.0}
         meta["built_seconds"] = round(time.perf_counter() - started, 1)
-        (tmp / META_FILE).write_text(json.dumps(meta))
+        meta_bytes = json.dumps(meta).encode()
+        (tmp / META_FILE).write_bytes(meta_bytes)
         _fsync_file(tmp / IMAGES_FILE)
-        (tmp / COMPLETE_FILE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))  # written last
+        (tmp / COMPLETE_FILE).write_text(_marker(meta_bytes) + "\n")  # written last, with meta's digest
         os.replace(tmp, folder)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

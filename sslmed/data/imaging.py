@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sslmed.core.errors import ImageLoadError
+from sslmed.core.files import read_bounded
 
 Mode = Literal["L", "RGB"]
 Source = str | Path | bytes | BinaryIO
@@ -40,6 +41,13 @@ DEFAULT_MAX_SIDE = 2048
 #: refuse files that would decode to more pixels than this (decompression bombs);
 #: PIL's own hard limit, so a 10,000² scan still loads (and is downscaled)
 MAX_PIXELS = 2 * 89_478_485
+
+#: refuse images that would decode to more bytes than this (pixels x samples per pixel x
+#: bytes per sample), before decoding: the pixel cap alone let an RGBA or 16-bit file cost
+#: gigabytes. A 5,792² 16-bit grey scan or an 8,192² 8-bit one still loads.
+MAX_DECODED_BYTES = 64 * 2**20
+#: image files larger than this are refused before they are read (a FIFO or /dev/zero too)
+MAX_FILE_BYTES = 512 * 2**20
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
@@ -67,10 +75,27 @@ def _name(source: Source) -> str:
     return str(getattr(source, "name", "<uploaded image>"))
 
 
+def check_decoded_size(name: str, width: int, height: int, samples: int, bytes_per_sample: int) -> None:
+    """Refuse an image whose decoded pixels would take more than :data:`MAX_DECODED_BYTES`."""
+    total = width * height * samples * bytes_per_sample
+    if total > MAX_DECODED_BYTES:
+        raise ImageLoadError(
+            f"{name}: image is too large to decode ({width}x{height} pixels x {samples} samples x "
+            f"{bytes_per_sample} bytes = {total / 2**20:,.0f} MiB; the limit is {MAX_DECODED_BYTES / 2**20:,.0f} MiB): "
+            "export it with fewer pixels, 8 bits or grey"
+        )
+
+
 def _read_bytes(source: Source, name: str) -> bytes:
     try:
         if isinstance(source, (str, Path)):
-            data = Path(source).read_bytes()
+            path = Path(source)
+            if path.is_dir():
+                raise IsADirectoryError(str(path))
+            if not path.exists():
+                raise FileNotFoundError(str(path))
+            # a FIFO would block for ever, /dev/zero never ends: a regular file of bounded size
+            data = read_bounded(path, MAX_FILE_BYTES, "image file", ImageLoadError)
         elif isinstance(source, (bytes, bytearray)):
             data = bytes(source)
         else:
@@ -176,6 +201,8 @@ def _check_dicom_size(dataset: Any, name: str) -> int:
         )
     if bits > 64 or samples > 4:
         raise ImageLoadError(f"{name}: DICOM header is invalid (BitsAllocated {bits}, SamplesPerPixel {samples})")
+    # one frame is decoded (and widened to float32 for grey): count samples and bytes
+    check_decoded_size(name, columns, rows, samples, max(1, -(-bits // 8)))
     return frames
 
 
@@ -257,6 +284,12 @@ def _bits_of(image: Image.Image) -> int:
     return 1 if image.mode == "1" else 8
 
 
+def _bytes_per_sample(mode: str) -> int:
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return 2
+    return 4 if mode in ("I", "F") else 1
+
+
 def _read_pil(data: bytes, name: str, max_side: int | None) -> tuple[Image.Image, ImageInfo]:
     try:
         with warnings.catch_warnings():
@@ -272,7 +305,15 @@ def _read_pil(data: bytes, name: str, max_side: int | None) -> tuple[Image.Image
                 )
             if max_side and image.format == "JPEG" and max(image.size) > max_side:
                 image.draft(image.mode, (max_side, max_side))  # decode JPEG at reduced scale
+            samples = 4 if image.mode == "P" else len(image.getbands())  # a palette may become RGBA
+            check_decoded_size(name, image.width, image.height, samples, _bytes_per_sample(image.mode))
             image.load()
+            if max_side and max(image.size) >= 2 * max_side:
+                # shrink by a whole factor at once, before any conversion copies the full image
+                try:
+                    image = image.reduce(max(image.size) // max_side)
+                except ValueError:  # a mode reduce does not take: the later thumbnail does it
+                    pass
     except ImageLoadError:
         raise
     except UnidentifiedImageError:

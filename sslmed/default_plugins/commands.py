@@ -25,7 +25,7 @@ KIND_CHOICES = KINDS
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path))
 @click.option(
     "--set",
     "overrides",
@@ -55,9 +55,19 @@ KIND_CHOICES = KINDS
     help="Use this run folder (new, or continue the run in it); give every machine of a multi-node job the same one.",
 )
 def run(recipe: Path, overrides: tuple[str, ...], resume: str | None, runs_dir: Path, run_dir: Path | None) -> None:
-    """Run RECIPE: every pre-training step, then the evaluation; print the results table."""
+    """Run RECIPE: every pre-training step, then the evaluation; print the results table.
+
+    RECIPE may also be a run folder: the run continues with the recipe it keeps
+    (its recipe.yaml, with the --set overrides it was started with)."""
     # lazily: Lightning and scikit-learn load only for the command that runs
     from sslmed.app.runner import run_recipe
+
+    if recipe.is_dir():
+        if not (recipe / "recipe.yaml").is_file():
+            raise UsageError(f"{recipe}: a folder, not a recipe file or a run folder (no recipe.yaml in it)")
+        if overrides:
+            raise UsageError(f"{recipe}: a run folder continues with its own recipe; --set is not allowed with it")
+        recipe, resume = recipe / "recipe.yaml", resume or str(recipe)
 
     if resume and run_dir:
         raise UsageError(

@@ -268,6 +268,8 @@ def cache_command(recipe: Path, overrides: tuple[str, ...], step_names: tuple[st
             click.echo(f"step {step.name}: no cache ({why}; set cache: on to build one)", err=True)
             continue
         cache = ensure_cache(source, step.image_size, step.in_channels, cache_root(step.cache))
+        if cache.rebuilt_because:
+            click.echo(f"step {step.name}: the cache was broken ({cache.rebuilt_because}); rebuilt it", err=True)
         meta = cache.meta
         click.echo(f"step {step.name}: {len(meta['refs'])} images of {step.data} at {step.image_size}px", err=True)
         click.echo(str(cache.folder))

@@ -110,11 +110,22 @@ class Predictor:
             self.task: Task = task_for(self.meta.get("task"))
         except UsageError as exc:
             raise CheckpointError(f"{meta_file(self.model_dir, MODEL_EXPORT)}: {exc}") from None
-        backbone = registry.build("backbone", self.meta["backbone"], in_channels=self.in_channels)
+        where = meta_file(self.model_dir, MODEL_EXPORT)
+        try:
+            backbone = registry.build("backbone", self.meta["backbone"], in_channels=self.in_channels)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: backbone {self.meta['backbone']} cannot be built ({exc})") from None
         self.model = Classifier(backbone, len(self.classes))
         extras = self.meta.get("extras", {})
         model_tensors = {k: v for k, v in tensors.items() if k.split(".", 1)[0] not in (*extras, OOD_PREFIX)}
-        result = self.model.load_state_dict(model_tensors, strict=False)
+        try:
+            result = self.model.load_state_dict(model_tensors, strict=False)
+        except RuntimeError as exc:  # a size mismatch: e.g. 2 head rows for 3 classes
+            first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+            raise CheckpointError(
+                f"{self.model_dir}: weights do not fit model.json ({len(self.classes)} classes, backbone "
+                f"{self.meta['backbone']}): {first}"
+            ) from None
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
                 f"{self.model_dir}: weights do not fit backbone {self.meta['backbone']} "
@@ -131,7 +142,10 @@ class Predictor:
                 backbone=backbone,
                 **{k: v for k, v in description.items() if k not in ("kind", "spec")},
             )
-            module.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
+            try:
+                module.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")})
+            except RuntimeError as exc:
+                raise CheckpointError(f"{self.model_dir}: weights of {name!r} do not fit ({str(exc)[:200]})") from None
             self.extras[name] = module.to(self.device).eval()
         self.transform = eval_transform(self.image_size, self.in_channels)
         #: logits are divided by this before the activation (1.0: the export is not calibrated)

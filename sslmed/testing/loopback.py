@@ -15,6 +15,7 @@ import io
 import socket
 import tarfile
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +43,10 @@ class Served:
     files: dict[str, bytes] = field(default_factory=dict)
     drop_once: set[str] = field(default_factory=set)  # paths whose first full response stops half-way
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+    no_length: set[str] = field(default_factory=set)  # paths answered without Content-Length
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> headers sent instead
+    drip: dict[str, float] = field(default_factory=dict)  # path -> seconds between bytes sent
+    refuse_range: set[str] = field(default_factory=set)  # paths answering a Range with 416
 
 
 def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
@@ -57,14 +62,29 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
                 self.send_error(404)
                 return
             start = 0
+            if path in served.refuse_range and self.headers.get("Range"):
+                self.send_response(416)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if self.headers.get("Range", "").startswith("bytes="):
                 start = int(self.headers["Range"][6:].split("-")[0])
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             else:
                 self.send_response(200)
-            self.send_header("Content-Length", str(len(body) - start))
+            for name, value in served.headers.get(path, {"Content-Length": str(len(body) - start)}).items():
+                if path not in served.no_length:
+                    self.send_header(name, value)
             self.end_headers()
+            if path in served.no_length:
+                self.close_connection = True  # the body ends when the connection does
+            if path in served.drip:
+                for index in range(start, len(body)):
+                    self.wfile.write(body[index : index + 1])
+                    self.wfile.flush()
+                    time.sleep(served.drip[path])
+                return
             if start == 0 and path in served.drop_once:
                 served.drop_once.discard(path)
                 self.wfile.write(body[: len(body) // 2])

@@ -183,3 +183,14 @@ def test_an_unreadable_recipe_is_one_line(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(Path, "read_bytes", refuse)  # as root, chmod 0 would not stop a read
     with pytest.raises(UsageError, match=r"recipe file cannot be read: .*r\.yaml \(Permission denied\)"):
         load_recipe(path, get_registry())
+
+
+@pytest.mark.parametrize("key", ["/tmp/x", "../x", "../../../x", "a/b", ".hidden", "a\\b"])
+def test_data_keys_become_file_names_so_they_must_be_names(tmp_path: Path, key: str) -> None:
+    # issue 21 (4): RunDir.split_file / skipped_file join the data key into a path
+    text = GOOD.replace("  images:", f"  {key!r}:").replace("data: images", f"data: {key!r}")
+    found = problems(write(tmp_path, text))
+    assert any("data" in p and "name" in p for p in found), found
+    result = CliRunner().invoke(cli, ["validate", str(tmp_path / "r.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output

@@ -234,3 +234,62 @@ def test_recipe_cache_setting_reads_yaml_on_and_off():
         value = yaml.safe_load(f"cache: {text}")["cache"]  # a bare on/off is a YAML boolean
         assert StepSettings.model_validate({**base, "cache": value}).cache == expected
     assert StepSettings.model_validate(base).cache == "auto" and StepSettings.model_validate(base).augment_on == "auto"
+
+
+# ------------------------------------------------------------ issue 21 (6): a broken cache
+
+
+def _truncate_images(folder: Path) -> None:
+    images = folder / cache_module.IMAGES_FILE
+    os.truncate(images, images.stat().st_size // 2)
+
+
+def _corrupt_meta(folder: Path) -> None:
+    (folder / cache_module.META_FILE).write_text('{"key": {"size": 16}, "refs": [')
+
+
+def _edit_meta(folder: Path) -> None:
+    meta = json.loads((folder / cache_module.META_FILE).read_text())
+    meta["refs"] = meta["refs"][::-1]  # valid JSON, wrong rows: only the digest notices
+    (folder / cache_module.META_FILE).write_text(json.dumps(meta))
+
+
+BREAKAGES = {
+    "images truncated to half": (_truncate_images, "truncated"),
+    "images deleted": (lambda f: (f / cache_module.IMAGES_FILE).unlink(), "missing"),
+    "meta corrupt": (_corrupt_meta, "digest"),
+    "meta deleted": (lambda f: (f / cache_module.META_FILE).unlink(), "missing"),
+    "meta edited": (_edit_meta, "digest"),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_a_broken_cache_is_named_in_one_line_and_rebuilt(tmp_path, breakage, caplog):
+    source = _tiny_folder(tmp_path / "images")
+    cache = ensure_cache(source, 16, 1, tmp_path / "cache", progress=False)
+    expected = np.array(cache.array())
+    damage, words = BREAKAGES[breakage]
+    damage(cache.folder)
+    with pytest.raises(DataError) as error:  # before: raw ValueError / JSONDecodeError, or trusted
+        cache_module.ImageCache.open(cache.folder)
+    assert words in str(error.value) and "\n" not in str(error.value)
+    again = ensure_cache(source, 16, 1, tmp_path / "cache", progress=False)
+    assert again.folder == cache.folder and again.rebuilt_because and words in again.rebuilt_because
+    assert np.array_equal(np.array(again.array()), expected)
+    assert any("broken" in r.getMessage() for r in caplog.records)
+    assert ensure_cache(source, 16, 1, tmp_path / "cache", progress=False).rebuilt_because is None
+
+
+def test_data_cache_command_reports_a_broken_cache(tiny_recipe, tmp_path):
+    from click.testing import CliRunner
+
+    from sslmed.app.cli import cli
+
+    recipe = tiny_recipe(extra="")
+    args = ["data", "cache", str(recipe), "--step", "target", "--set", "defaults.cache=on"]
+    first = CliRunner().invoke(cli, args)
+    folder = Path(first.stdout.strip().splitlines()[-1])
+    _truncate_images(folder)
+    second = CliRunner().invoke(cli, args)
+    assert second.exit_code == 0 and "the cache was broken" in second.output and "truncated" in second.output
+    assert cache_module.check_cache(folder) is None

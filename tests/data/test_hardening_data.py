@@ -87,3 +87,20 @@ def test_run_folder_is_named_once(
     result = CliRunner().invoke(cli, [*options, "run", str(recipe)])
     assert result.exit_code == 0, result.output
     assert result.output.count("run folder:") == expected
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_csv_that_is_a_fifo_or_device_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    # issue 21 (7): before, open() on a FIFO blocked for ever and /dev/zero read until MemoryError
+    import os
+
+    from sslmed.core.errors import DataError
+    from sslmed.data.adapters import read_csv_rows
+
+    table = tmp_path / "labels.csv"
+    if kind == "fifo":
+        os.mkfifo(table)
+    else:
+        table.symlink_to("/dev/zero")
+    with pytest.raises(DataError, match="not a regular file"):
+        read_csv_rows(table)

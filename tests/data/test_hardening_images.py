@@ -13,7 +13,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
 from sslmed.core.errors import ImageLoadError
-from sslmed.data.imaging import MAX_PIXELS, load_image
+from sslmed.data.imaging import MAX_DECODED_BYTES, load_image
 from sslmed.testing.dicom import dicom_dataset
 
 
@@ -52,7 +52,7 @@ def test_dicom_bomb_does_not_allocate(tmp_path: Path) -> None:
 
 
 def test_dicom_just_under_the_limit_is_not_refused_by_the_size_check(tmp_path: Path) -> None:
-    rows = int(MAX_PIXELS**0.5)
+    rows = int((MAX_DECODED_BYTES // 2) ** 0.5)  # 16-bit grey: 2 bytes a pixel
     ds = dicom_dataset(rows, rows)
     ds.PixelData = b"\x00\x00" * 16  # far too short: decoding fails, but only after the size check
     path = tmp_path / "short.dcm"
@@ -112,3 +112,59 @@ def test_broken_exif_warnings_do_not_reach_the_user() -> None:
         image = load_image(buffer.getvalue())
     assert image.size == (16, 16)
     assert [str(w.message) for w in caught] == []
+
+
+# ------------------------------------------------------------ issue 21 (7, 8)
+
+
+def test_special_files_are_refused_before_reading(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "scan.png"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):  # before: open() blocked for ever / read until MemoryError
+        with pytest.raises(ImageLoadError, match="not a regular file"):
+            load_image(path)
+
+
+def test_dicom_cap_counts_samples_per_pixel(tmp_path: Path) -> None:
+    side = int((MAX_DECODED_BYTES // 2) ** 0.5) + 1  # fits as 16-bit grey, not as 3 samples
+    ds = dicom_dataset(side // 2 + 1, side)
+    ds.SamplesPerPixel = 3
+    ds.PixelData = b"\x00" * 16
+    path = tmp_path / "colour.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageLoadError, match=r"colour\.dcm: image is too large to decode .* x 3 samples"):
+        load_image(path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "dtype", "bands"), [("RGBA", np.uint8, 4), ("I;16", np.uint16, 1), ("F", np.float32, 1)]
+)
+def test_decoded_bytes_are_capped_by_samples_and_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, dtype: type, bands: int
+) -> None:
+    from PIL import Image
+
+    import sslmed.data.imaging as imaging
+
+    # the cap patched small: a 300x300 image of this mode is over it, a 300x300 8-bit grey one is not
+    monkeypatch.setattr(imaging, "MAX_DECODED_BYTES", 300 * 300 + 10)
+    shape = (300, 300, bands) if bands > 1 else (300, 300)
+    image = Image.fromarray(np.zeros(shape, dtype), mode if mode != "I;16" else None)
+    path = tmp_path / ("x.tif" if mode == "F" else "x.png")
+    image.save(path)
+    with pytest.raises(ImageLoadError, match=r"too large to decode"):
+        load_image(path)
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(tmp_path / "grey.png")
+    assert load_image(tmp_path / "grey.png").size == (300, 300)
+
+
+def test_large_images_are_decoded_reduced(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sslmed.data.imaging import decode
+
+    Image.fromarray(np.full((1000, 1000), 128, np.uint8)).save(tmp_path / "big.png")
+    image, info = decode(tmp_path / "big.png", max_side=200)
+    assert info.size == (1000, 1000) and image.size == (200, 200)

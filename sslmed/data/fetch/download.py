@@ -25,6 +25,12 @@ from sslmed.data.catalog import Download
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
+#: a download whose catalogue entry gives no size is refused past this many bytes
+MAX_UNSIZED_BYTES = 64 * 2**30
+#: the overall deadline of one download: this many seconds, plus its size at MIN_RATE
+DEADLINE_FLOOR_S = 600.0
+#: bytes per second a download may not stay under for long (a server dripping bytes)
+MIN_RATE = 32 * 1024
 USER_AGENT = "sslmed-fetch (+https://github.com/; python urllib)"
 
 
@@ -82,9 +88,25 @@ def _progress(total: int | None, initial: int, name: str, quiet: bool):
     )
 
 
-def _attempt(item: Download, part: Path, timeout: float, quiet: bool) -> None:
-    """One request: continue ``part`` from where it stops (or start it); raises on failure."""
+class SlowServerError(DataError):
+    """The server kept the connection open but sent too little for too long."""
+
+
+def default_deadline(item: Download) -> float:
+    """Seconds a download of ``item`` may take in all: :data:`DEADLINE_FLOOR_S` plus its
+    size at :data:`MIN_RATE` (an hour and a half for a 2.5 GB archive)."""
+    return DEADLINE_FLOOR_S + (item.size or 0) / MIN_RATE
+
+
+def _attempt(item: Download, part: Path, timeout: float, quiet: bool, deadline: float) -> None:
+    """One request: continue ``part`` from where it stops (or start it); raises on failure.
+
+    The body may not outgrow the catalogue's size (or :data:`MAX_UNSIZED_BYTES`), with a
+    Content-Length or without one, and the whole download must end by ``deadline``
+    (``time.monotonic()``): a server dripping a byte every few seconds never trips the
+    per-read ``timeout``."""
     have = part.stat().st_size if part.exists() else 0
+    limit = item.size if item.size is not None else MAX_UNSIZED_BYTES
     request = urllib.request.Request(item.url, headers={"User-Agent": USER_AGENT})
     if have:
         request.add_header("Range", f"bytes={have}-")
@@ -94,12 +116,19 @@ def _attempt(item: Download, part: Path, timeout: float, quiet: bool) -> None:
             log.info("%s: the server does not resume downloads; starting over", item.filename)
             have = 0
         length = response.headers.get("Content-Length")
+        if length is not None and not length.strip().isdigit():
+            raise DataError(f"{item.url}: the server sent a Content-Length that is not a number ({length[:40]!r})")
         total = have + int(length) if length is not None else None
+        if total is not None and total > limit:
+            raise DataError(
+                f"{item.url}: the server announces {total:,} bytes, more than the {limit:,} "
+                f"{'the catalogue gives' if item.size is not None else 'allowed'} for {item.filename}"
+            )
         mode = "ab" if have else "wb"
         with open(part, mode) as out, _progress(total, have, item.filename, quiet) as bar:
             received = have
             while True:
-                block = response.read(CHUNK)
+                block = response.read1(CHUNK)  # what has arrived: a drip cannot hold the loop
                 if not block:
                     break
                 try:
@@ -110,6 +139,15 @@ def _attempt(item: Download, part: Path, timeout: float, quiet: bool) -> None:
                     raise
                 received += len(block)
                 bar.update(len(block))
+                if received > limit:
+                    part.unlink(missing_ok=True)
+                    raise DataError(
+                        f"{item.url}: the server sent more than the {limit:,} bytes "
+                        f"{'the catalogue gives' if item.size is not None else 'allowed'} for {item.filename}; "
+                        "the download was removed"
+                    )
+                if time.monotonic() > deadline:
+                    raise SlowServerError(f"{item.url}: too slow ({received:,} bytes by the deadline)")
         if total is not None and received < total:
             raise http.client.IncompleteRead(b"", total - received)
 
@@ -135,6 +173,7 @@ def download(
     timeout: float = 60.0,
     quiet: bool = False,
     wait: float = 1.0,
+    deadline: float | None = None,
 ) -> Path:
     """Download ``item`` into ``folder`` (resuming a ``.part`` left there), verify it, return its path.
 
@@ -152,15 +191,30 @@ def download(
             log.warning("%s: the copy in %s does not match its checksum; downloading it again", item.filename, folder)
     part = target.with_name(target.name + ".part")
     last: BaseException | None = None
+    seconds = deadline if deadline is not None else default_deadline(item)
+    ends = time.monotonic() + seconds
     for attempt in range(retries + 1):
         try:
-            _attempt(item, part, timeout, quiet)
+            _attempt(item, part, timeout, quiet, ends)
             last = None
             break
+        except SlowServerError:
+            have = part.stat().st_size if part.exists() else 0
+            raise SlowServerError(
+                f"cannot download {item.url}: the server sent {have:,} bytes in {seconds:.0f} s, too slow to finish; "
+                f"the bytes received are kept in {part} and the next fetch resumes from there"
+            ) from None
         except urllib.error.HTTPError as exc:
-            if exc.code == 416:  # "range not satisfiable": the part is already whole (or wrong)
-                last = None
-                break
+            if exc.code == 416:  # "range not satisfiable": whole only if it has the catalogue's size
+                have = part.stat().st_size if part.exists() else 0
+                if item.size is not None and have == item.size:
+                    last = None
+                    break
+                # a truncated (or unknown) part is never promoted: start again from byte 0
+                log.info("%s: the server refused to resume (HTTP 416); starting over", item.filename)
+                part.unlink(missing_ok=True)
+                last = exc
+                continue
             last = exc
             if 400 <= exc.code < 500:
                 break  # a missing file does not come back by asking again

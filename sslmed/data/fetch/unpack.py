@@ -118,32 +118,72 @@ class Archive:
         self.read = read
 
 
+#: an archive member larger than this (uncompressed) is refused: the largest image of the
+#: catalogue's sets is a few MB, its largest table a few; a zip bomb's member is gigabytes
+MAX_MEMBER_BYTES = 256 * 2**20
+
+
+def _damaged(path: Path, exc: BaseException) -> DataError:
+    """A damaged archive is removed from ``.downloads``, so the next fetch gets a fresh copy."""
+    path.unlink(missing_ok=True)
+    return DataError(f"{path}: a damaged archive ({str(exc)[:120]}); it was removed: run the fetch again")
+
+
+def _too_large(path: Path, member: str, size: int | str) -> DataError:
+    return DataError(
+        f"{path}: member {member} is {size} bytes uncompressed, more than the {MAX_MEMBER_BYTES:,} allowed "
+        "for one file of a dataset archive (a zip bomb, or not the archive the catalogue names)"
+    )
+
+
 @contextmanager
 def open_archive(path: Path, want: Callable[[PurePosixPath], bool] = lambda m: True) -> Iterator[Archive]:
     """Open a zip (read on demand) or a tar archive (the ``want``-ed files read into memory
-    in one pass, since a compressed tar cannot be read out of order cheaply)."""
+    in one pass, since a compressed tar cannot be read out of order cheaply).
+
+    Each member is read through a bounded stream: no more than :data:`MAX_MEMBER_BYTES`
+    of it is ever decompressed, whatever its header declares. A corrupt member (a bad
+    CRC, a broken deflate stream) is one line, and the archive is removed."""
+    zipped = None
     try:
         if zipfile.is_zipfile(path):
             zipped = zipfile.ZipFile(path)
-            names = {
-                PurePosixPath(i.filename): i.filename
+            infos = {
+                PurePosixPath(i.filename): i
                 for i in zipped.infolist()
                 if not i.is_dir() and "__MACOSX" not in i.filename
             }
-            archive = Archive([m for m in names if want(m)], lambda m: zipped.read(names[m]))
+
+            def read_zip(member: PurePosixPath) -> bytes:
+                info = infos[member]
+                if info.file_size > MAX_MEMBER_BYTES:
+                    raise _too_large(path, info.filename, f"{info.file_size:,}")
+                try:
+                    with zipped.open(info) as stream:  # type: ignore[union-attr]
+                        data = stream.read(MAX_MEMBER_BYTES + 1)
+                except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+                    raise _damaged(path, exc) from None
+                if len(data) > MAX_MEMBER_BYTES:  # a header that lies about the size
+                    raise _too_large(path, info.filename, f"over {MAX_MEMBER_BYTES:,}")
+                return data
+
+            archive = Archive([m for m in infos if want(m)], read_zip)
         elif tarfile.is_tarfile(path):
-            zipped = None
             data = {}
             with tarfile.open(path) as tar:
                 for member in tar:
                     name = PurePosixPath(member.name)
                     if member.isfile() and want(name):
-                        data[name] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                        if member.size > MAX_MEMBER_BYTES:
+                            raise _too_large(path, member.name, f"{member.size:,}")
+                        data[name] = tar.extractfile(member).read(MAX_MEMBER_BYTES + 1)  # type: ignore[union-attr]
             archive = Archive(list(data), data.__getitem__)
         else:
             raise DataError(f"{path}: neither a zip nor a tar archive; delete it and run the fetch again")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: a damaged archive ({exc}); delete it and run the fetch again") from None
+        if zipped is not None:
+            zipped.close()
+        raise _damaged(path, exc) from None
     try:
         yield archive
     finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from sslmed.serving.predict import Prediction
-from sslmed.serving.web.auth import LoginGuard
+from sslmed.serving.web.auth import CLIENT_ADDRESS, LoginGuard
 from sslmed.serving.web.service import FORMATS_TEXT, DemoError, DemoService
 
 
@@ -80,26 +80,81 @@ def api_routes(service: DemoService, guard: LoginGuard | None = None, concurrenc
     return [Route("/api/classify", classify, methods=["POST"])]
 
 
+class _BodyTooLarge(Exception):
+    """Raised inside a request when its body passes the limit (no Content-Length needed)."""
+
+
 class UploadLimit:
-    """ASGI middleware: an upload (``POST .../upload``) whose declared size is over
-    ``limit`` bytes is answered at once with 413 and sslmed's message, before any of it
-    is read or stored (Gradio's own limit would answer with its own words)."""
+    """ASGI middleware: every ``POST`` body is counted as it arrives, so a body over
+    ``limit`` bytes is answered with 413 and sslmed's message whether it declares its size
+    or not (``Transfer-Encoding: chunked``). An upload (``POST .../upload``) whose declared
+    size is over the limit is refused before any of it is read; one that declares nothing
+    is stopped at the first chunk past the limit, before Gradio stores more. A
+    Content-Length that is not a number is refused with 400. It also records the client's
+    address for :class:`~sslmed.serving.web.auth.LoginGuard` (Gradio's login form does not
+    pass it on)."""
 
     def __init__(self, app: Any, limit: int, max_upload_mb: float) -> None:
         self.app, self.limit, self.max_upload_mb = app, limit, max_upload_mb
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/upload"):
-            headers = dict(scope.get("headers") or [])
-            declared = int(headers.get(b"content-length", b"0") or 0)
-            if declared > self.limit:
-                from starlette.responses import PlainTextResponse
+    def message(self, size: int | None) -> str:
+        about = f"about {size / 1e6:.3g} MB" if size is not None else f"over {self.limit / 1e6:.3g} MB"
+        return (
+            f"The file is {about}; the limit is {self.max_upload_mb:g} MB. "
+            "Upload a smaller export of the image (e.g. PNG or JPEG)."
+        )
 
-                message = (
-                    f"The file is about {declared / 1e6:.3g} MB; the limit is {self.max_upload_mb:g} MB. "
-                    "Upload a smaller export of the image (e.g. PNG or JPEG)."
-                )
-                # plain text: the page shows the body as it is ("HTTP 413: The file is ...")
-                await PlainTextResponse(message, status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        token = CLIENT_ADDRESS.set(str(client[0]) if client else None)
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            CLIENT_ADDRESS.reset(token)
+
+    async def _http(self, scope: dict, receive: Any, send: Any) -> None:
+        from starlette.responses import PlainTextResponse
+
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        raw = headers.get(b"content-length", b"").strip()
+        if raw and not raw.isdigit():
+            await PlainTextResponse("Content-Length must be a number of bytes", status_code=400)(scope, receive, send)
+            return
+        declared = int(raw) if raw else None
+        if declared is not None and declared > self.limit:
+            # plain text: the page shows the body as it is ("HTTP 413: The file is ...")
+            await PlainTextResponse(self.message(declared), status_code=413)(scope, receive, send)
+            return
+        seen, started = 0, False
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def watched(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _BodyTooLarge:
+            if not started:
+                await PlainTextResponse(self.message(None), status_code=413)(scope, receive, send)
+        except Exception as error:  # a handler that wrapped our signal: still the size, not a crash
+            if not started and isinstance(error.__cause__ or error.__context__, _BodyTooLarge):
+                await PlainTextResponse(self.message(None), status_code=413)(scope, receive, send)
+            else:
+                raise

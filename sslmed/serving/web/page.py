@@ -11,6 +11,7 @@ models with a decoder, the reconstruction). Input that cannot be classified rais
 from __future__ import annotations
 
 import csv
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +34,41 @@ from sslmed.serving.web.service import (
 IMAGE_HEIGHT = 320
 
 
+#: a labels.csv larger than this is not read (captions only)
+MAX_LABELS_BYTES = 1 << 20
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file that is not a symbolic link (``lstat``: a link is never followed)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 def example_files(examples_dir: str | Path | None) -> tuple[list[str], list[str]]:
     """Image files of ``examples_dir`` (sorted) and a caption for each (its label from
-    ``labels.csv`` when there is one); empty when the folder is absent."""
+    ``labels.csv`` when there is one); empty when the folder is absent.
+
+    Only regular files that are not symbolic links are offered: a link (``ex/shadow.dcm ->
+    /etc/shadow``) would hand its target to anyone who selects the example, and a FIFO or
+    device would hang the page. A folder that is itself a link is not used either."""
     if examples_dir is None:
         return [], []
     folder = Path(examples_dir)
-    if not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir():
         return [], []
     labels: dict[str, str] = {}
-    if (folder / "labels.csv").is_file():
-        with open(folder / "labels.csv", newline="", encoding="utf-8") as handle:
+    labels_file = folder / "labels.csv"
+    if _plain_file(labels_file) and labels_file.stat().st_size <= MAX_LABELS_BYTES:
+        with open(labels_file, newline="", encoding="utf-8", errors="replace") as handle:
             for row in csv.DictReader(handle):
                 if row.get("path") and row.get("label"):
                     labels[row["path"]] = row["label"]
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and _plain_file(p))
     captions = [f"{p.name} ({labels[p.name]})" if p.name in labels else p.name for p in files]
-    return [str(p.resolve()) for p in files], captions
+    resolved = folder.resolve()
+    return [str(resolved / p.name) for p in files], captions
 
 
 def build_demo(
@@ -198,4 +217,4 @@ def build_demo(
 def default_examples_dir() -> Path | None:
     """The ``samples`` folder of the data root (:func:`sslmed.data.roots.resolve_data_root`), if present."""
     folder = resolve_data_root() / "samples"
-    return folder if folder.is_dir() else None
+    return folder if folder.is_dir() and not folder.is_symlink() else None

@@ -15,7 +15,7 @@ from sslmed.core.errors import UsageError
 from sslmed.serving.predict import Predictor
 from sslmed.serving.web.api import UploadLimit, api_routes
 from sslmed.serving.web.auth import AUTH_ENV, NO_AUTH_NOTICE, LoginGuard, is_loopback
-from sslmed.serving.web.page import build_demo, default_examples_dir
+from sslmed.serving.web.page import build_demo, default_examples_dir, example_files
 from sslmed.serving.web.service import DEFAULT_CONCURRENCY, DEFAULT_MAX_UPLOAD_MB
 
 DEFAULT_HOST = "127.0.0.1"
@@ -42,7 +42,8 @@ def launch_options(
     :func:`build_demo`) the app also gets ``POST /api/classify``; with ``guard`` every
     page, Gradio endpoint and ``/api/classify`` needs a login.
     """
-    allowed = [str(Path(examples_dir).resolve())] if examples_dir and Path(examples_dir).is_dir() else []
+    # the example files themselves, not their folder: a link or file added there later is not served
+    allowed = example_files(examples_dir)[0]
     from starlette.middleware import Middleware
 
     hard_limit = int(max_upload_mb * 2e6 + 1e6)
@@ -59,9 +60,10 @@ def launch_options(
     return {
         **extra,
         "allowed_paths": allowed,
-        # no Gradio limit: its page would refuse big files in its own words; UploadLimit
-        # refuses them on the server, before they are read, in sslmed's
-        "max_file_size": None,
+        # UploadLimit refuses big bodies first, in sslmed's words (counted as they arrive,
+        # with or without Content-Length); Gradio's own cap, at the same hard limit, is a
+        # second wall in its upload parser
+        "max_file_size": hard_limit,
         "share": False,
         "show_error": False,
         "footer_links": ["api"],

@@ -1,0 +1,124 @@
+"""Issue 21 (5), the download half: servers that send too much, too slowly, or lie
+(the loopback server of sslmed.testing; no data needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from sslmed.core.errors import DataError
+from sslmed.data.catalog import Download
+from sslmed.data.fetch.download import download
+from sslmed.testing.loopback import loopback_server
+
+BODY = bytes(range(256)) * 64  # 16 KiB
+
+
+@pytest.fixture
+def server():
+    with loopback_server() as running:
+        yield running
+
+
+def item(base: str, size: int | None = len(BODY), body: bytes = BODY) -> Download:
+    return Download("x", f"{base}/x.bin", "x.bin", md5=hashlib.md5(body).hexdigest(), size=size)
+
+
+def test_a_body_without_length_is_bounded_by_the_catalogue_size(server, tmp_path: Path) -> None:
+    served, base = server
+    served.files["/x.bin"] = BODY * 20  # 20 times what the catalogue says
+    served.no_length.add("/x.bin")
+    with pytest.raises(DataError, match="more than the 16,384 bytes the catalogue gives"):
+        download(item(base), tmp_path, quiet=True, retries=0)
+    assert not list(tmp_path.iterdir()), "nothing past the limit is kept"
+
+
+def test_a_dripping_server_meets_an_overall_deadline(server, tmp_path: Path) -> None:
+    served, base = server
+    served.files["/x.bin"] = BODY
+    served.drip["/x.bin"] = 0.05  # a byte every 50 ms: every read succeeds, the file never ends
+    started = time.monotonic()
+    with pytest.raises(DataError, match="too slow to finish"):
+        download(item(base), tmp_path, quiet=True, retries=0, deadline=0.5)
+    assert time.monotonic() - started < 5
+
+
+def test_a_416_on_resume_never_promotes_a_truncated_part(server, tmp_path: Path) -> None:
+    served, base = server
+    served.files["/x.bin"] = BODY
+    served.refuse_range.add("/x.bin")
+    (tmp_path / "x.bin.part").write_bytes(BODY[:100])  # left by an interrupted fetch
+    path = download(item(base), tmp_path, quiet=True, wait=0)
+    assert path.read_bytes() == BODY  # started over, not renamed at 100 bytes
+    assert served.requests[-1] == ("/x.bin", None)
+
+
+def test_a_non_numeric_content_length_is_one_clear_line(server, tmp_path: Path) -> None:
+    served, base = server
+    served.files["/x.bin"] = BODY
+    served.headers["/x.bin"] = {"Content-Length": "lots"}
+    with pytest.raises(DataError, match="Content-Length that is not a number"):
+        download(item(base), tmp_path, quiet=True, retries=0)
+
+
+# ------------------------------------------------------------------- archive members
+
+
+def _zip_with(path: Path, name: str, data: bytes) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(name, data)
+    return path
+
+
+def test_a_zip_bomb_member_is_refused_while_streaming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sslmed.data.fetch.unpack as unpack
+
+    monkeypatch.setattr(unpack, "MAX_MEMBER_BYTES", 100_000)  # the 256 MiB limit, patched small
+    path = _zip_with(tmp_path / "bomb.zip", "a/big.png", b"\0" * 1_000_000)  # 1 MB of zeros: about 1 kB
+    with unpack.open_archive(path) as archive:
+        with pytest.raises(DataError, match=r"member a/big\.png is 1,000,000 bytes uncompressed, more than"):
+            archive.read(archive.members[0])
+
+
+def test_a_tar_member_over_the_limit_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import tarfile
+
+    import sslmed.data.fetch.unpack as unpack
+
+    monkeypatch.setattr(unpack, "MAX_MEMBER_BYTES", 100_000)
+    path = tmp_path / "big.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for n in range(3):
+            info = tarfile.TarInfo(f"m{n}.jpeg")
+            info.size = 300_000
+            tar.addfile(info, io.BytesIO(b"\0" * info.size))
+    with pytest.raises(DataError, match=r"m0\.jpeg is 300,000 bytes uncompressed"):
+        with unpack.open_archive(path):
+            pass
+
+
+def test_a_corrupt_crc_is_one_line_and_the_archive_is_removed(tmp_path: Path) -> None:
+    import zipfile
+
+    import sslmed.data.fetch.unpack as unpack
+
+    path = tmp_path / "bad.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("x.png", b"A" * 1000)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"A" * 1000)
+    data[at + 10] = ord("B")  # one byte of the member changed: its CRC no longer matches
+    path.write_bytes(bytes(data))
+    with unpack.open_archive(path) as archive:
+        with pytest.raises(DataError, match=r"bad\.zip: a damaged archive .*it was removed") as error:
+            archive.read(archive.members[0])
+    assert "\n" not in str(error.value)
+    assert not path.exists(), "the next fetch downloads it again instead of reusing it"
