@@ -159,7 +159,7 @@ def open_archive(path: Path, want: Callable[[PurePosixPath], bool] = lambda m: T
                 if info.file_size > MAX_MEMBER_BYTES:
                     raise _too_large(path, info.filename, f"{info.file_size:,}")
                 try:
-                    with zipped.open(info) as stream:  # type: ignore[union-attr]
+                    with zipped.open(info) as stream:
                         data = stream.read(MAX_MEMBER_BYTES + 1)
                 except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
                     raise _damaged(path, exc) from None
