@@ -131,7 +131,7 @@ class SSLMethod(L.LightningModule):
         """Pooled student features of ``views`` (same size, concatenated in order), in one
         backbone pass. With reconstruction on, the feature maps are kept for it."""
         x = torch.cat(list(views))
-        if self.decoder is None:
+        if self.reconstruction is None:
             return self.backbone(x)
         feature_map = self.backbone.forward_features(x)
         if type(self.backbone).forward is Backbone.forward:
@@ -232,7 +232,7 @@ class SSLMethod(L.LightningModule):
         views, _labels = batch
         self._encoded = []
         losses = self.compute_losses(views)
-        if self.decoder is not None:
+        if self.reconstruction is not None:  # the step's reconstruction (crsm adds its own in compute_losses)
             reconstruction = self.reconstruction_loss(views)
             losses = {
                 **losses,
