@@ -51,7 +51,8 @@ class Side:
         self.channels_last = VARIANTS[name]["channels_last"]
         torch.manual_seed(0)
         backbone = ResNetBackbone("resnet18", in_channels=1)
-        self.model = torch.nn.Sequential(backbone, SimCLRProjectionHead(backbone.feature_dim, backbone.feature_dim, 128))
+        head = SimCLRProjectionHead(backbone.feature_dim, backbone.feature_dim, 128)
+        self.model = torch.nn.Sequential(backbone, head)
         self.x = torch.randn(2 * batch_size, 1, image_size, image_size)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -68,7 +69,7 @@ class Side:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     def time(self, steps: int) -> float:
         """Seconds per step over ``steps`` steps."""
@@ -120,8 +121,7 @@ def main() -> None:
             for side in sides[shift:] + sides[:shift]:
                 times[side.name].append(side.time(args.steps))
             print(
-                f"{size}px round {round_index + 1}: "
-                + ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()),
+                f"{size}px round {round_index + 1}: " + ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()),
                 flush=True,
             )
         base = times["fp32"] if "fp32" in times else None
