@@ -122,6 +122,23 @@ def results_table(rows: list[dict[str, Any]], classes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def class_weight_line(rows: list[dict[str, Any]]) -> str:
+    """What the rows' class weighting was, as a sentence ('' when no row records one):
+    e.g. ``Class weights: balanced (linear, fine-tune); none (knn).``"""
+    by_weight: dict[str, list[str]] = {}
+    for row in rows:
+        weight = row.get("class_weight")
+        if weight is not None and row["probe"] not in by_weight.setdefault(weight, []):
+            by_weight[weight].append(row["probe"])
+    if not by_weight:
+        return ""
+    parts = [f"{weight} ({', '.join(probes)})" for weight, probes in by_weight.items()]
+    return (
+        "Class weights: " + "; ".join(parts) + " (balanced: each class in inverse proportion to its "
+        "training images; kNN is never weighted; set by evaluation.class_weight)."
+    )
+
+
 def trust_markdown(trust: dict[str, Any] | None, split: str = "test") -> str:
     """The calibration and OOD lines under the results table ('' without them);
     ``split`` is the split the evaluation scores (``evaluation.test_split``)."""
@@ -157,7 +174,11 @@ def write_results(
     ``trust`` (calibration and OOD score of the exported probe) goes into the JSON and
     under the table."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    atomic_write_json(run.results_json, {"recipe": recipe.name, "classes": classes, "rows": rows, **(trust or {})})
+    evaluation = recipe.evaluation
+    weighting = {"class_weight": evaluation.class_weight} if evaluation else {}
+    atomic_write_json(
+        run.results_json, {"recipe": recipe.name, "classes": classes, **weighting, "rows": rows, **(trust or {})}
+    )
     buffer = io.StringIO()
     fields = ["model", "probe", "label_fraction", "train_images", "accuracy", "balanced_accuracy", "macro_auc"] + [
         f"recall_{c}" for c in classes
@@ -171,7 +192,9 @@ def write_results(
     gains = gain_lines(rows, samples=500)  # what pre-training bought, with its interval, under the table
     if gains:
         table += "\n\n" + "\n".join(gains)
-    evaluation = recipe.evaluation
+    weights = class_weight_line(rows)
+    if weights:
+        table += "\n\n" + weights
     where = f"{evaluation.data} ({evaluation.test_split} split)" if evaluation else "? ( split)"
     title = f"# {recipe.name}: probe on {where}\n\n"
     split = evaluation.test_split if evaluation else "test"

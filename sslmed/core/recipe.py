@@ -243,6 +243,12 @@ class EvaluationSettings(_Strict):
         description="also fine-tune end to end (pre-trained vs random init), at every label fraction "
         "(or at finetune.label_fractions)",
     )
+    class_weight: Literal["balanced", "none"] = Field(
+        "balanced",
+        description="how the linear probes, fine-tuning and the supervised reference weight the classes: "
+        "'balanced' (each class in inverse proportion to its training images, as scikit-learn's "
+        "class_weight='balanced') or 'none' (every image alike); kNN is never weighted",
+    )
     knn_k: Int = Field(20, ge=1)
     batch_size: Int = Field(128, ge=1)
     seed: Int = 0

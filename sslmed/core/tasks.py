@@ -144,9 +144,14 @@ class Task:
         """Probabilities from a head's ``N×classes`` logits."""
         raise NotImplementedError
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss of a head with ``logits`` (the supervised reference)."""
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss of a head with ``logits`` (the supervised reference,
+        fine-tuning); ``weight``: one weight per class (see :meth:`class_weights`)."""
         raise NotImplementedError
+
+    def class_weights(self, labels: np.ndarray, n_classes: int) -> torch.Tensor | None:
+        """Balanced class weights of training ``labels`` for :meth:`loss` (None: not weighted)."""
+        return None
 
     def head(self, probe: Any, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A fitted linear probe as one ``nn.Linear``'s weight and bias, so that
@@ -200,8 +205,20 @@ class MultiClassTask(Task):
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=1)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(logits, labels)
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if weight is not None:
+            weight = weight.to(device=logits.device, dtype=logits.dtype)
+        return torch.nn.functional.cross_entropy(logits, labels, weight=weight)
+
+    def class_weights(self, labels: np.ndarray, n_classes: int) -> torch.Tensor:
+        """``images / (classes present × images of the class)``, scikit-learn's
+        ``class_weight="balanced"``; a class without training images gets 1 (it never
+        occurs in the loss)."""
+        counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes).astype(float)
+        present = counts > 0
+        weights = np.ones(n_classes)
+        weights[present] = counts.sum() / (present.sum() * counts[present])
+        return torch.tensor(weights, dtype=torch.float32)
 
     def head(self, probe: Any, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         return linear_head_from_probe(probe, n_classes)
@@ -288,8 +305,10 @@ class MultiLabelTask(Task):
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy over the known labels only."""
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Binary cross-entropy over the known labels only. ``weight`` is not used: end-to-end
+        training is multi-class only (:attr:`supervised_reference`); the multi-label linear
+        probe balances each finding's positives and negatives in scikit-learn."""
         known = ~torch.isnan(labels)
         if not known.any():  # a batch without a single known label teaches nothing
             return logits.sum() * 0.0

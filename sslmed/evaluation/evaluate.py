@@ -112,12 +112,14 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
                 settings.supervised,
                 settings.seed,
                 fraction,
+                settings.class_weight,
             )
             row = {
                 "model": "supervised",
                 "probe": "end-to-end",
                 "label_fraction": fraction,
                 "train_images": int(len(splits["train"].records) * fraction),
+                "class_weight": settings.class_weight,
                 **task.metrics(labels["test"], proba, source.classes),
             }
             kept = task.predictions(labels["test"], proba)

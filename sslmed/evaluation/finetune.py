@@ -28,7 +28,7 @@ from sslmed.core.recipe import EvaluationSettings, FineTuneSettings
 from sslmed.core.tasks import MULTICLASS
 from sslmed.evaluation.calibration import calibrate
 from sslmed.evaluation.features import LabelledSplit, device
-from sslmed.evaluation.supervised import SupervisedModule, evaluation_trainer, training_loader
+from sslmed.evaluation.supervised import SupervisedModule, evaluation_trainer, loss_weights, training_loader
 from sslmed.training.transforms import eval_transform
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,15 @@ class FineTuneModule(SupervisedModule):
     """Backbone + linear head; the backbone learns at ``backbone_lr_ratio`` times the
     head's rate; the weights of the best validation epoch are kept."""
 
-    def __init__(self, backbone: Backbone, n_classes: int, settings: FineTuneSettings) -> None:
-        super().__init__(backbone, n_classes, settings.lr)  # multi-class: softmax, cross-entropy
+    def __init__(
+        self,
+        backbone: Backbone,
+        n_classes: int,
+        settings: FineTuneSettings,
+        class_weight: torch.Tensor | None = None,
+    ) -> None:
+        # multi-class: softmax, (class-weighted) cross-entropy
+        super().__init__(backbone, n_classes, settings.lr, class_weight=class_weight)
         self.settings = settings
         self.weight_decay = settings.weight_decay
         self.best_score = -np.inf
@@ -78,14 +85,17 @@ def finetune_proba(
     settings: FineTuneSettings,
     seed: int,
     fraction: float = 1.0,
+    class_weight: str = "balanced",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Fine-tune ``backbone`` (pre-trained or freshly initialised) with a head on a
     class-stratified ``fraction`` of ``train``; return test probabilities and what
-    happened (epochs run, best validation balanced accuracy)."""
+    happened (epochs run, best validation balanced accuracy, the class weighting).
+    ``class_weight``: ``"balanced"`` or ``"none"`` (see :func:`~sslmed.evaluation.supervised.loss_weights`)."""
     L.seed_everything(seed, workers=True, verbose=False)
     loader = training_loader(train, fraction, seed, image_size, in_channels, settings.batch_size, settings.min_scale)
     val_loader = val.loader(eval_transform(image_size, in_channels), in_channels, 256) if val else None
-    module = FineTuneModule(backbone, n_classes, settings)
+    weight = loss_weights(train, fraction, seed, n_classes, class_weight)
+    module = FineTuneModule(backbone, n_classes, settings, weight)
     callbacks = []
     if val_loader is not None:
         # checked after each validation only; strict=False: a run cut short by max_steps may never validate
@@ -107,6 +117,7 @@ def finetune_proba(
         "epochs_run": int(trainer.current_epoch),
         "val_balanced_accuracy": None if val_loader is None else round(float(module.best_score), 5),
         "backbone_lr": settings.lr * settings.backbone_lr_ratio,
+        "class_weight": class_weight,
     }
     if val is not None and module.task.name == MULTICLASS.name and len(val.records):
         # temperature scaling on the validation split, as for the exported linear probe
@@ -151,6 +162,7 @@ def finetune_rows(
                 settings.finetune,
                 settings.seed,
                 fraction,
+                settings.class_weight,
             )
             test, task = splits["test"], splits["test"].task
             rows.append(

@@ -1,5 +1,9 @@
 """Probes on frozen features (linear, kNN) -> metrics rows.
 
+The linear probe weights the classes as ``evaluation.class_weight`` says (balanced by
+default: medical sets are imbalanced, and an unweighted probe calls most images the
+majority class); kNN is a vote of neighbours and is not weighted. Each row says which.
+
 Probe settings are chosen on the validation split when the data has one; the test
 split is only ever scored. What differs between multi-class and multi-label data is
 asked of the data's :class:`~sslmed.core.tasks.Task`.
@@ -28,9 +32,15 @@ log = logging.getLogger(__name__)
 PROBE_C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 
-def linear_probe(c: float, seed: int) -> Pipeline:
-    """Standardised features -> (multinomial) logistic regression."""
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
+def linear_probe(c: float, seed: int, class_weight: str = "balanced") -> Pipeline:
+    """Standardised features -> (multinomial) logistic regression; ``class_weight``
+    ``"balanced"`` weights each class in inverse proportion to its training images (in a
+    multi-label probe: the positives and negatives of each finding), ``"none"`` weights
+    every image alike."""
+    weight = "balanced" if class_weight == "balanced" else None
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed, class_weight=weight)
+    )
 
 
 def knn_probe(k: int) -> KNeighborsClassifier:
@@ -44,17 +54,19 @@ def fit_linear(
     val: tuple[np.ndarray, np.ndarray] | None,
     classes: list[str],
     seed: int,
+    class_weight: str = "balanced",
 ) -> tuple[Any, float]:
     """A linear probe with its regularisation chosen on ``val`` by the task's selection
-    score (C=1 without one); ties go to the C nearest 1."""
+    score (C=1 without one); ties go to the C nearest 1. ``class_weight``: see
+    :func:`linear_probe` (the test split is never looked at)."""
     best_c = 1.0
     if val is not None and len(val[1]):
         scores = {}
         for c in PROBE_C_GRID:
-            probe = task.fit_probe(partial(linear_probe, c, seed), *train)
+            probe = task.fit_probe(partial(linear_probe, c, seed, class_weight), *train)
             scores[c] = task.selection_score(val[1], task.probe_proba(probe, val[0], len(classes)), classes)
         best_c = max(scores, key=lambda c: (scores[c], -abs(np.log10(c))))
-    return task.fit_probe(lambda: linear_probe(best_c, seed), *train), best_c
+    return task.fit_probe(partial(linear_probe, best_c, seed, class_weight), *train), best_c
 
 
 @dataclass
@@ -82,12 +94,12 @@ def probe_rows(
         x, y = features.train[chosen], labels["train"][chosen]
         for probe_name in settings.probes:
             if probe_name == "linear":
-                model, c = fit_linear(task, (x, y), val, classes, settings.seed)
-                extra: dict[str, Any] = {"C": c}
+                model, c = fit_linear(task, (x, y), val, classes, settings.seed, settings.class_weight)
+                extra: dict[str, Any] = {"C": c, "class_weight": settings.class_weight}
             else:
                 k = min(settings.knn_k, len(y))
                 model = task.fit_probe(partial(knn_probe, k), x, y)
-                extra = {"k": k}
+                extra = {"k": k, "class_weight": "none"}  # a vote of neighbours: never weighted
             proba = task.probe_proba(model, features.test, len(classes))
             row = {
                 "model": features.model,

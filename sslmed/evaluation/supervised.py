@@ -21,19 +21,28 @@ from sslmed.training.transforms import eval_transform
 class SupervisedModule(L.LightningModule):
     """Backbone + linear layer trained with the task's loss: the supervised reference."""
 
-    def __init__(self, backbone: Backbone, n_classes: int, lr: float, task: Task | None = None) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        n_classes: int,
+        lr: float,
+        task: Task | None = None,
+        class_weight: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = torch.nn.Linear(backbone.feature_dim, n_classes)
         self.lr = lr
         self.task = task or task_for(None)
+        #: one loss weight per class (None: every image alike); see :func:`loss_weights`
+        self.class_weight = class_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
     def training_step(self, batch: Any, _index: int) -> torch.Tensor:
         images, labels = batch
-        loss = self.task.loss(self(images), labels)
+        loss = self.task.loss(self(images), labels, self.class_weight)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -49,6 +58,17 @@ class SupervisedModule(L.LightningModule):
             optimizer, T_max=max(1, int(self.trainer.estimated_stepping_batches))
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def loss_weights(
+    train: LabelledSplit, fraction: float, seed: int, n_classes: int, class_weight: str
+) -> torch.Tensor | None:
+    """The class weights of the loss for ``evaluation.class_weight``: balanced over the
+    ``fraction`` of ``train`` that :func:`training_loader` reads, or None for ``"none"``."""
+    if class_weight == "none":
+        return None
+    chosen = train.task.subsample(train.labels, fraction, seed)
+    return train.task.class_weights(train.labels[chosen], n_classes)
 
 
 def training_loader(
@@ -100,12 +120,15 @@ def supervised_proba(
     settings: SupervisedSettings,
     seed: int,
     fraction: float = 1.0,
+    class_weight: str = "balanced",
 ) -> np.ndarray:
-    """Train ``backbone`` from scratch on the labels, return test probabilities."""
+    """Train ``backbone`` from scratch on the labels, return test probabilities;
+    ``class_weight``: ``"balanced"`` or ``"none"`` (see :func:`loss_weights`)."""
     L.seed_everything(seed, workers=True, verbose=False)
     task = train.task
     loader = training_loader(train, fraction, seed, image_size, in_channels, settings.batch_size)
-    module = SupervisedModule(backbone, n_classes, settings.lr, task)
+    weight = loss_weights(train, fraction, seed, n_classes, class_weight)
+    module = SupervisedModule(backbone, n_classes, settings.lr, task, weight)
     trainer = evaluation_trainer(settings.epochs, settings.max_steps)
     trainer.fit(module, loader)
     module.eval().to(device())

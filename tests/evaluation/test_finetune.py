@@ -59,6 +59,7 @@ def test_finetune_rows_for_both_networks_with_sensitivity_and_specificity(kerman
     ]
     for row in rows:
         assert row["probe"] == "fine-tune" and 1 <= row["epochs_run"] <= 2
+        assert row["class_weight"] == "balanced"  # the default: class-weighted cross-entropy
         assert row["val_balanced_accuracy"] is not None  # early stopping watched the val split
         assert 0 <= row["sensitivity"] <= 1 and 0 <= row["specificity"] <= 1
         assert len(row["test_predictions"]["y_true"]) == len(small["test"].records)
