@@ -27,6 +27,7 @@ from sslmed.core.metrics import metrics
 from sslmed.core.plugins import get_registry, register_plugin
 from sslmed.data.imaging import load_image
 from sslmed.evaluation.trust import fit_trust
+from sslmed.serving.detection import measure_and_record
 from sslmed.serving.export import export_classifier
 from sslmed.training.transforms import eval_transform
 
@@ -103,6 +104,7 @@ def make_model_export(
     per_class: int = 6,
     decoder: bool = False,
     seed: int = 0,
+    measure_ood: bool = True,
 ) -> Path:
     """Write ``directory/model.{safetensors,json}``: a random-init backbone with a linear
     probe fitted on real covid3 features (metrics on the next ``per_class`` images)."""
@@ -150,6 +152,8 @@ def make_model_export(
     # calibrated and with an OOD score, as evaluation exports it (no val split: out of fold)
     trust = fit_trust(probe, len(classes), (train_x, train_y), (test_x, test_y), seed=seed)
     export_classifier(directory, backbone, probe, meta, extra_tensors=extra_tensors, trust=trust)
+    if measure_ood:  # as evaluation does: the export measures its own OOD detection
+        measure_and_record(directory, trust.test_scores, data_dir, per_category=4)
     return directory
 
 

@@ -15,7 +15,7 @@ from sslmed.core.errors import UsageError
 from sslmed.serving.predict import Predictor
 from sslmed.serving.web.api import UploadLimit, api_routes
 from sslmed.serving.web.auth import AUTH_ENV, NO_AUTH_NOTICE, LoginGuard, is_loopback
-from sslmed.serving.web.page import build_demo, default_examples_dir
+from sslmed.serving.web.page import build_demo
 from sslmed.serving.web.service import DEFAULT_CONCURRENCY, DEFAULT_MAX_UPLOAD_MB
 
 DEFAULT_HOST = "127.0.0.1"
@@ -43,6 +43,8 @@ def launch_options(
     page, Gradio endpoint and ``/api/classify`` needs a login.
     """
     allowed = [str(Path(examples_dir).resolve())] if examples_dir and Path(examples_dir).is_dir() else []
+    # the examples the page chose (the run's test images, or the data root's): those files only
+    allowed += [path for path in getattr(demo, "sslmed_examples", []) if path not in allowed]
     from starlette.middleware import Middleware
 
     hard_limit = int(max_upload_mb * 2e6 + 1e6)
@@ -108,8 +110,6 @@ def serve(
         logging.getLogger(__name__).warning("serving on %s WITHOUT a login (--no-auth): anyone there can use it", host)
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // concurrency_limit))
     predictor = model if isinstance(model, Predictor) else Predictor(model)
-    if examples_dir is None:
-        examples_dir = default_examples_dir()
     demo = build_demo(
         predictor,
         examples_dir=examples_dir,
