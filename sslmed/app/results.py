@@ -105,7 +105,7 @@ def export_model(run: RunDir, recipe: Recipe, found: Evaluation) -> None:
         trust=found.trust,
     )
     if found.trust is not None:  # how well its OOD check works, measured on the export itself
-        measured = measure_and_record(run.model_dir, found.trust.test_scores, resolve_data_root(recipe.data_root))
+        measured = measure_and_record(run.model_dir, found.trust.test_flags(), resolve_data_root(recipe.data_root))
         if measured is None:
             log.info("model export: no not_cxr images in the data root; its OOD check is not measured")
 

@@ -94,16 +94,17 @@ def record_detection(model_dir: Path, measured: dict[str, Any]) -> None:
 
 
 def measure_and_record(
-    model_dir: Path, test_scores: np.ndarray, data_root: Path | None = None, per_category: int = PER_CATEGORY
+    model_dir: Path, test_flags: np.ndarray, data_root: Path | None = None, per_category: int = PER_CATEGORY
 ) -> dict[str, Any] | None:
-    """Load the export in ``model_dir``, measure its detection (``test_scores``: its
-    test images' OOD scores, from fitting) and record it; the numbers, or ``None``."""
+    """Load the export in ``model_dir``, measure its detection (``test_flags``: which of
+    its test images it flags, from fitting: ``TrustFit.test_flags()``) and record it;
+    the numbers, or ``None``."""
     predictor = Predictor(model_dir, device="cpu")  # a fresh load: exactly what predict and serve run
     if predictor.ood is None:
         return None
-    scores = np.asarray(test_scores)
-    test_flagged = float((scores > predictor.ood.threshold).mean()) if len(scores) else None
-    measured = measure_detection(predictor, test_flagged, len(scores), data_root, per_category)
+    flags = np.asarray(test_flags, dtype=bool)
+    test_flagged = float(flags.mean()) if len(flags) else None
+    measured = measure_detection(predictor, test_flagged, len(flags), data_root, per_category)
     if measured is not None:
         record_detection(model_dir, measured)
     return measured

@@ -26,6 +26,7 @@ from sslmed.core.hookspecs import hookimpl
 from sslmed.core.metrics import metrics
 from sslmed.core.plugins import get_registry, register_plugin
 from sslmed.data.imaging import load_image
+from sslmed.evaluation.ood import input_statistics
 from sslmed.evaluation.trust import fit_trust
 from sslmed.serving.detection import measure_and_record
 from sslmed.serving.export import export_classifier
@@ -119,7 +120,10 @@ def make_model_export(
     @torch.inference_mode()
     def features(records: list[tuple[Path, str]]) -> np.ndarray:
         batch = torch.stack([transform(load_image(path)) for path, _ in records])
+        statistics[len(statistics)] = input_statistics(batch)
         return backbone(batch).numpy()
+
+    statistics: dict[int, np.ndarray] = {}
 
     train_y = np.array([classes.index(label) for _, label in train])
     test_y = np.array([classes.index(label) for _, label in test])
@@ -150,10 +154,17 @@ def make_model_export(
         meta["extras"] = {"decoder": description}
         extra_tensors = {"decoder": module.state_dict()}
     # calibrated and with an OOD score, as evaluation exports it (no val split: out of fold)
-    trust = fit_trust(probe, len(classes), (train_x, train_y), (test_x, test_y), seed=seed)
+    trust = fit_trust(
+        probe,
+        len(classes),
+        (train_x, train_y),
+        (test_x, test_y),
+        seed=seed,
+        statistics={"train": statistics[0], "test": statistics[1]},
+    )
     export_classifier(directory, backbone, probe, meta, extra_tensors=extra_tensors, trust=trust)
     if measure_ood:  # as evaluation does: the export measures its own OOD detection
-        measure_and_record(directory, trust.test_scores, data_dir, per_category=4)
+        measure_and_record(directory, trust.test_flags(), data_dir, per_category=4)
     return directory
 
 

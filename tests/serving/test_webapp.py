@@ -243,13 +243,16 @@ def test_batch_api_answers_a_row_per_file_and_csv(server: str, crsm_predictor: P
 
     files = [("a.png", (samples / "hannover_covid_fff13f3a.png").read_bytes()), ("bad.png", b"not an image")]
     boundary = uuid.uuid4().hex
-    body = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n".encode()
-        + data
-        + b"\r\n"
-        for name, data in files
-    ) + f"--{boundary}--\r\n".encode()
+    body = (
+        b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+            for name, data in files
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
 
     def post(query: str = "") -> bytes:
         request = urllib.request.Request(
