@@ -21,6 +21,7 @@ from sslmed.serving.web.cards import model_card, ood_weak_note, trained_on
 from sslmed.serving.web.examples import data_root_examples, find_examples, folder_examples
 from sslmed.serving.web.page import build_demo, example_outcome
 from sslmed.serving.web.service import DemoService, batch_columns
+from sslmed.testing.dicom import IDENTIFIERS, identified_dicom
 from sslmed.testing.models import shared_model_export
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
@@ -142,9 +143,18 @@ def test_many_images_at_once_give_a_table_and_csv_with_a_row_per_bad_file(tmp_pa
     assert table[1][1] == by_file["good0.jpeg"].label and table[3][-1] == by_file["notes.png"].error
 
 
+def _not_cxr_hand() -> Path:
+    from sslmed.serving.detection import not_cxr_images
+
+    return next(path for path, category in not_cxr_images(per_category=1) if category == "Hand")
+
+
 def test_every_export_measures_its_own_ood_detection(export: Path):
     predictor = Predictor(export, device="cpu")
     measured = predictor.meta["ood"]["measured"]
+    assert predictor.gate is not None  # the input-statistics gate is fitted and stored with every export
+    answer = predictor.analyse([_not_cxr_hand()])[0].as_dict()
+    assert answer["out_of_distribution"]["flagged"] and "input_gate" in answer["out_of_distribution"]
     assert measured["not_cxr_images"] == 20 and set(measured["not_cxr_per_category"]) == {
         "AbdomenCT", "BreastMRI", "ChestCT", "Hand", "HeadCT"}  # fmt: skip
     assert 0 <= measured["not_cxr_flagged"] <= 1 and measured["test_images"] == 12
@@ -158,3 +168,31 @@ def test_every_export_measures_its_own_ood_detection(export: Path):
         assert "check is weak" in card and "Weak out-of-distribution check" in note
     unmeasured = {"ood": {k: v for k, v in predictor.meta["ood"].items() if k != "measured"}}
     assert "not measured" in ood_weak_note(unmeasured)
+
+
+def test_dicom_shows_what_explains_the_picture_and_never_an_identifier(
+    tmp_path: Path, export: Path, caplog: pytest.LogCaptureFixture
+):
+    from sslmed.serving.web.service import dicom_markdown
+
+    path = tmp_path / "study.dcm"
+    path.write_bytes(identified_dicom())
+    service = DemoService(Predictor(export, device="cpu"))
+    with caplog.at_level("DEBUG"):
+        fields = service.dicom_fields(str(path))
+        answer = service.analyse(str(path)).as_dict()
+        rows = service.classify_many([str(path)])
+    assert fields == {
+        "modality": "CR",
+        "view_position": "PA",
+        "photometric_interpretation": "MONOCHROME2",
+        "bits_stored": "16",
+        "window": "centre 2000, width 3000 (LINEAR, from the file)",
+    }
+    assert service.dicom_fields(path.read_bytes()) == fields
+    assert service.dicom_fields(str(export / "model.json")) is None
+    note = dicom_markdown(fields)
+    assert "View position | PA" in note and "Window applied" in note
+    shown = json.dumps([fields, answer, note, service.batch_csv(rows)]) + caplog.text
+    for value in IDENTIFIERS.values():
+        assert value not in shown and value.replace("^", " ") not in shown

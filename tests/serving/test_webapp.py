@@ -272,3 +272,13 @@ def test_batch_api_answers_a_row_per_file_and_csv(server: str, crsm_predictor: P
     assert bad["file"] == "bad.png" and bad["error"]
     lines = post("?format=csv").decode().splitlines()
     assert lines[0].startswith("file,top class,p(") and len(lines) == 3 and lines[2].startswith("bad.png,")
+
+
+def test_api_shows_dicom_fields_but_no_identifier(server: str) -> None:
+    from sslmed.testing.dicom import IDENTIFIERS, identified_dicom
+
+    request = urllib.request.Request(f"{server}api/classify?name=study.dcm", data=identified_dicom())
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body = response.read().decode()
+    assert '"view_position":"PA"' in body.replace(" ", "") and "centre 2000" in body
+    assert not any(value in body for value in IDENTIFIERS.values())

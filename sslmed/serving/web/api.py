@@ -79,7 +79,11 @@ def api_routes(service: DemoService, guard: LoginGuard | None = None, concurrenc
         except DemoError as error:
             return refuse(error)
         top = max(result.probabilities, key=result.probabilities.get)
-        return JSONResponse({"label": top, **result.as_dict()})
+        answer = {"label": top, **result.as_dict()}
+        fields = service.dicom_fields(data)  # what explains the picture; never a patient identifier
+        if fields:
+            answer["dicom"] = fields
+        return JSONResponse(answer)
 
     async def classify_batch(request: Request) -> Any:
         """Several files as multipart fields ``files`` (each within the per-file limit, at

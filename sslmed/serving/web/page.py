@@ -32,6 +32,8 @@ from sslmed.serving.web.service import (
     DemoError,
     DemoService,
     batch_columns,
+    dicom_markdown,
+    file_path,
     image_file,
     text_file,
 )
@@ -113,6 +115,7 @@ def build_demo(
                 gr.Markdown(ood_weak_note(predictor.meta), elem_id="ood-quality")
                 warning = gr.Markdown("", elem_id="ood-warning")
                 outcome = gr.Markdown("", elem_id="example-outcome")
+                dicom_info = gr.Markdown("", elem_id="dicom-info")
                 label = gr.Label(
                     # multi-label: every finding has its own probability, so all are shown
                     num_top_classes=len(predictor.classes)
@@ -172,7 +175,7 @@ def build_demo(
             gr.Markdown(model_card(predictor), elem_id="model-card")
 
         def clear() -> tuple[Any, ...]:
-            return "", None, None, None, None, None, "", ""
+            return "", None, None, None, None, None, "", "", ""
 
         def explain(file: Any) -> tuple[str | None, ...]:
             shown = service.explain(file)
@@ -188,7 +191,14 @@ def build_demo(
 
         def predict(file: Any) -> tuple[dict[str, float], str, dict[str, Any]]:
             result = service.analyse(file)
-            return result.probabilities, ood_warning(result), result.as_dict()
+            details = result.as_dict()
+            fields = service.dicom_fields(file_path(file))
+            if fields:
+                details["dicom"] = fields
+            return result.probabilities, ood_warning(result), details
+
+        def dicom_note(file: Any) -> str:
+            return dicom_markdown(service.dicom_fields(file_path(file)))
 
         def analyse(file: Any) -> tuple[Any, ...]:  # an example: also whether the model got it right
             probabilities, *rest = predict(file)
@@ -219,7 +229,7 @@ def build_demo(
             [classify.click, upload.upload],
             clear,
             inputs=None,
-            outputs=[warning, label, details, model_view, heatmap, reconstruction, outcome, cam_caption],
+            outputs=[warning, label, details, model_view, heatmap, reconstruction, outcome, cam_caption, dicom_info],
             queue=False,
             api_visibility="private",
             show_progress="hidden",
@@ -234,6 +244,7 @@ def build_demo(
                 "(empty when not raised) and both as JSON, for one image file (PNG, JPEG, WebP, TIFF, DICOM)."
             ),
         )
+        predicted.success(dicom_note, inputs=[upload], outputs=[dicom_info], api_visibility="private")
         predicted.success(
             explain,
             inputs=[upload],

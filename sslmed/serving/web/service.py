@@ -22,6 +22,8 @@ from PIL import Image
 
 from sslmed.core.errors import ImageLoadError
 from sslmed.core.files import atomic_write_bytes
+from sslmed.data.imaging import DICOM_SHOWN, DICOM_SUFFIXES
+from sslmed.data.imaging import decode as decode_image
 from sslmed.serving.explain import GradCam, grad_cam, overlay, tensor_to_image
 from sslmed.serving.predict import Prediction, Predictor
 
@@ -75,7 +77,7 @@ class DemoService:
 
     def load(self, file: Any) -> Image.Image:
         """The uploaded image as the model reads it; :class:`DemoError` when it is not usable."""
-        path = _file_path(file)
+        path = file_path(file)
         if path is None:
             raise DemoError(f"No image received: upload an X-ray image ({FORMATS_TEXT}) first.", "No image")
         name = os.path.basename(path)
@@ -102,6 +104,25 @@ class DemoService:
             raise DemoError(
                 f"{name}: could not be read as an image ({type(exc).__name__})", "Not a readable image"
             ) from exc
+
+    def dicom_fields(self, source: str | bytes | None) -> dict[str, str] | None:
+        """For a DICOM file, what explains the picture (modality, view position,
+        photometric interpretation, window applied; :data:`sslmed.data.imaging.DICOM_SHOWN`),
+        never a patient identifier; ``None`` for other files."""
+        if source is None:
+            return None
+        try:
+            if isinstance(source, bytes):
+                head, suffix = source[:132], ""
+            else:
+                with open(source, "rb") as handle:
+                    head, suffix = handle.read(132), os.path.splitext(source)[1].lower()
+            if not (head[128:132] == b"DICM" or suffix in DICOM_SUFFIXES):
+                return None
+            info = decode_image(source)[1]
+        except (OSError, ImageLoadError):
+            return None
+        return {k: v for k, v in (info.dicom or {}).items() if k in DICOM_SHOWN} or None
 
     def predict(self, file: Any) -> dict[str, float]:
         """Class probabilities ``{label: p}`` of one uploaded image (calibrated when the model is)."""
@@ -160,7 +181,7 @@ class DemoService:
                 name, data = file
                 size = len(data)
             else:
-                path = _file_path(file)
+                path = file_path(file)
                 if path is None:
                     continue
                 name, data = os.path.basename(path), path
@@ -268,7 +289,22 @@ def _is_image_member(member: zipfile.ZipInfo) -> bool:
     )
 
 
-def _file_path(file: Any) -> str | None:
+def dicom_markdown(fields: dict[str, str] | None) -> str:
+    """The page's note on a DICOM upload ('' for other files)."""
+    if not fields:
+        return ""
+    names = {
+        "modality": "Modality",
+        "view_position": "View position",
+        "photometric_interpretation": "Photometric interpretation",
+        "window": "Window applied",
+        "bits_stored": "Bits stored",
+    }
+    rows = "\n".join(f"| {names[k]} | {fields[k]} |" for k in DICOM_SHOWN if k in fields)
+    return "**DICOM file** (patient identifiers are never read out or shown)\n\n| field | value |\n|---|---|\n" + rows
+
+
+def file_path(file: Any) -> str | None:
     """The path in whatever ``gr.File`` hands over (a path, or an object with ``.name``)."""
     if file is None or file == "" or file == []:
         return None
