@@ -8,6 +8,11 @@ looks at the direction of the feature vector, not its length (which follows the
 image's contrast). The threshold is a quantile (by default the 99th percentile) of
 the validation split's scores: about 1% of in-distribution images are flagged.
 
+Beside it, :class:`InputGate` scores the model input's intensity statistics (a CT slice
+or a hand radiograph differs from a chest radiograph there whatever the encoder learnt);
+an export with both flags an image when either is above its threshold
+(``bench/ood_candidates.py`` compares the candidates, docs/benchmarks.md has the numbers).
+
 Stored with the model export as tensors (``ood.means``, ``ood.precision``) and a few
 numbers in ``model.json`` (``ood``: threshold, quantile, what it was fitted on);
 :meth:`FeatureDistance.score` needs only numpy at prediction time (scikit-learn only to fit).

@@ -144,11 +144,15 @@ def test_example_click_classifies(browser: object, page_url: str, predictor: Pre
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(page_url)
-        page.get_by_text(f"{image.name} (COVID-19)").click()
+        page.get_by_text(f"{image.name} (true: Covid-19)").click()
         sync_api.expect(page.locator("#upload")).to_contain_text(image.name[:12])
         top = max(expected, key=expected.get)
         sync_api.expect(page.locator("#probabilities")).to_contain_text(top, timeout=TIMEOUT_MS)  # at once
         sync_api.expect(page.locator("#gradcam img")).to_be_visible(timeout=TIMEOUT_MS)
+        outcome = page.locator("#example-outcome")
+        verdict = "right" if top == "Covid-19" else "wrong"
+        sync_api.expect(outcome).to_contain_text(f"true label Covid-19; the model's top class is {top}: {verdict}")
+        sync_api.expect(page.locator("#gradcam-caption")).to_contain_text("Grad-CAM on layer layer4")
         page.get_by_role("button", name="Classify").click()  # and again with the button
         sync_api.expect(page.locator("#probabilities")).to_contain_text(top, timeout=TIMEOUT_MS)
         sync_api.expect(page.locator("#gradcam img")).to_be_visible(timeout=TIMEOUT_MS)
@@ -204,5 +208,56 @@ def test_a_file_far_over_the_limit_gets_sslmeds_message(browser: object, page_ur
         page.locator("#upload input[type=file]").set_input_files(str(huge))
         message = page.get_by_text(f"the limit is {DEMO_MAX_UPLOAD_MB:g} MB")
         sync_api.expect(message.first).to_be_visible(timeout=TIMEOUT_MS)
+    finally:
+        page.close()
+
+
+def test_several_files_give_a_table_and_a_csv_download(
+    browser: object, page_url: str, predictor: Predictor, data_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    files = [data_dir / "samples" / "hannover_covid_fff13f3a.png", data_dir / "samples" / "covid_cxnet_007.jpg", bad]
+    page = browser.new_page(viewport={"width": 1400, "height": 1400}, accept_downloads=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(page_url)
+        page.locator("#batch-upload input[type=file]").set_input_files([str(f) for f in files])
+        sync_api.expect(page.locator("#batch-upload")).to_contain_text("notes.png")
+        page.get_by_role("button", name="Classify all").click()
+        table = page.locator("#batch-table")
+        sync_api.expect(table).to_contain_text("covid_cxnet_007.jpg", timeout=TIMEOUT_MS)
+        sync_api.expect(table).to_contain_text("is a text file, not an image")
+        link = page.locator("#batch-csv a").first
+        sync_api.expect(link).to_be_visible(timeout=TIMEOUT_MS)
+        with page.expect_download() as download:
+            link.click()
+        saved = tmp_path / "predictions.csv"
+        download.value.save_as(saved)
+        lines = saved.read_text().splitlines()
+        assert lines[0].startswith("file,top class,") and len(lines) == 4
+        assert lines[1].split(",")[1] == max(predictor.predict([files[0]])[0], key=predictor.predict([files[0]])[0].get)
+        page.screenshot(path=str(tmp_path / "batch.png"), full_page=True)
+    finally:
+        page.close()
+
+
+def test_keyboard_only_classifies_an_example(browser: object, page_url: str, tmp_path: Path) -> None:
+    """Tab to the first example and press Enter: it is classified, no mouse used."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(page_url)
+        page.get_by_role("button", name="Classify").wait_for()
+        for _ in range(60):
+            page.keyboard.press("Tab")
+            focused = page.evaluate("() => document.activeElement && document.activeElement.innerText || ''")
+            if "(true:" in focused:
+                break
+        else:
+            pytest.fail("no example is reachable with the Tab key")
+        page.keyboard.press("Enter")
+        sync_api.expect(page.locator("#example-outcome")).to_contain_text("true label", timeout=TIMEOUT_MS)
+        page.screenshot(path=str(tmp_path / "keyboard.png"), full_page=True)
     finally:
         page.close()

@@ -93,8 +93,13 @@ def ood_text(meta: dict[str, Any]) -> str:
         return "**Out-of-distribution check:** none (this export has no feature statistics)."
     text = (
         f"**Out-of-distribution check:** an image whose features lie further from the training images' "
-        f"than {ood['threshold']:.2f} (the {ood['quantile']:.0%} quantile of {ood['fitted_on']}) is flagged; "
-        "the check cannot prove an image is a chest radiograph, and misses some that are not."
+        f"than {ood['threshold']:.2f} (the {ood['quantile']:.0%} quantile of {ood['fitted_on']}) is flagged"
+        + (
+            f", and so is one whose intensity statistics lie further than {ood['gate']['threshold']:.2f} from theirs"
+            if ood.get("gate")
+            else ""
+        )
+        + "; the check cannot prove an image is a chest radiograph, and misses some that are not."
     )
     return text + " " + ood_measured_text(meta)
 
