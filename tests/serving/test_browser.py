@@ -92,7 +92,7 @@ def test_upload_shows_label_and_overlay(
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(page_url)
-        page.get_by_role("button", name="Classify").wait_for()
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
         page.locator("#upload input[type=file]").set_input_files(str(image))
         probabilities = page.locator("#probabilities")
         sync_api.expect(probabilities).to_contain_text(top, timeout=TIMEOUT_MS)
@@ -125,7 +125,7 @@ def test_bad_file_shows_one_message(browser: object, page_url: str, tmp_path: Pa
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(page_url)
-        page.get_by_role("button", name="Classify").wait_for()
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
         page.locator("#upload input[type=file]").set_input_files(str(bad))
         message = page.get_by_text("report.png: is a text file, not an image")
         sync_api.expect(message.first).to_be_visible(timeout=TIMEOUT_MS)
@@ -153,7 +153,7 @@ def test_example_click_classifies(browser: object, page_url: str, predictor: Pre
         verdict = "right" if top == "Covid-19" else "wrong"
         sync_api.expect(outcome).to_contain_text(f"true label Covid-19; the model's top class is {top}: {verdict}")
         sync_api.expect(page.locator("#gradcam-caption")).to_contain_text("Grad-CAM on layer layer4")
-        page.get_by_role("button", name="Classify").click()  # and again with the button
+        page.get_by_role("button", name="Classify", exact=True).click()  # and again with the button
         sync_api.expect(page.locator("#probabilities")).to_contain_text(top, timeout=TIMEOUT_MS)
         sync_api.expect(page.locator("#gradcam img")).to_be_visible(timeout=TIMEOUT_MS)
     finally:
@@ -175,7 +175,7 @@ def test_image_unlike_the_training_data_shows_the_warning(
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(page_url)
-        page.get_by_role("button", name="Classify").wait_for()
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
         sync_api.expect(page.locator("#trained-on")).to_contain_text("What this model was trained on")
         page.locator("#upload input[type=file]").set_input_files(str(flagged[0]))
         warning = page.locator("#ood-warning")
@@ -185,7 +185,7 @@ def test_image_unlike_the_training_data_shows_the_warning(
         page.wait_for_timeout(500)
         page.screenshot(path=str(tmp_path / "ood-warning.png"), full_page=True)
         page.goto(page_url)  # a fresh page: the upload box holds one file
-        page.get_by_role("button", name="Classify").wait_for()
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
         page.locator("#upload input[type=file]").set_input_files(str(chest))
         sync_api.expect(page.locator("#gradcam img")).to_be_visible(timeout=TIMEOUT_MS)
         sync_api.expect(warning).not_to_contain_text("unlike the images")
@@ -204,7 +204,7 @@ def test_a_file_far_over_the_limit_gets_sslmeds_message(browser: object, page_ur
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(page_url)
-        page.get_by_role("button", name="Classify").wait_for()
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
         page.locator("#upload input[type=file]").set_input_files(str(huge))
         message = page.get_by_text(f"the limit is {DEMO_MAX_UPLOAD_MB:g} MB")
         sync_api.expect(message.first).to_be_visible(timeout=TIMEOUT_MS)
@@ -223,7 +223,7 @@ def test_several_files_give_a_table_and_a_csv_download(
     try:
         page.goto(page_url)
         page.locator("#batch-upload input[type=file]").set_input_files([str(f) for f in files])
-        sync_api.expect(page.locator("#batch-upload")).to_contain_text("notes.png")
+        sync_api.expect(page.locator("#batch-upload")).to_contain_text("notes")
         page.get_by_role("button", name="Classify all").click()
         table = page.locator("#batch-table")
         sync_api.expect(table).to_contain_text("covid_cxnet_007.jpg", timeout=TIMEOUT_MS)
@@ -248,7 +248,7 @@ def test_keyboard_only_classifies_an_example(browser: object, page_url: str, tmp
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(page_url)
-        page.get_by_role("button", name="Classify").wait_for()
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
         for _ in range(60):
             page.keyboard.press("Tab")
             focused = page.evaluate("() => document.activeElement && document.activeElement.innerText || ''")
