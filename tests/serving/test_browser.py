@@ -2,7 +2,8 @@
 
 Opens the page, uploads a real X-ray, waits for the class probabilities and the
 Grad-CAM overlay, checks a bad file gives one message, and saves screenshots under
-the test's tmp dir. With ``SSLMED_UPDATE_SCREENSHOTS=1`` the page screenshot is also
+``$SSLMED_SCREENSHOT_DIR`` (default: the system's temporary folder), in
+``sslmed-browser-screenshots/``. With ``SSLMED_UPDATE_SCREENSHOTS=1`` the page screenshot is also
 copied to ``docs/images/demo.png``; ``SSLMED_SCREENSHOT_MODEL`` may name a run folder
 to show instead of the small test model (e.g. a finished quickstart run).
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,16 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 REPO = Path(__file__).resolve().parents[2]
+#: screenshots are kept here after the run (pytest removes a passing test's tmp_path)
+SCREENSHOTS = Path(os.environ.get("SSLMED_SCREENSHOT_DIR", tempfile.gettempdir())) / "sslmed-browser-screenshots"
+
+
+def shot(name: str) -> Path:
+    """Where the screenshot ``name`` goes (outside the repository, kept after the tests)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS / name
+
+
 TIMEOUT_MS = 90_000
 DEMO_MAX_UPLOAD_MB = 2.0  # the samples are under 0.4 MB; a small limit keeps the oversize file small
 
@@ -107,7 +119,7 @@ def test_upload_shows_label_and_overlay(
         natural_width = overlay.evaluate("img => img.naturalWidth")
         assert natural_width > 0, "the overlay image loaded"
         page.wait_for_timeout(500)  # let the label bars finish their transition
-        screenshot = tmp_path / "demo.png"
+        screenshot = shot("demo.png")
         page.screenshot(path=str(screenshot), full_page=True)
         assert screenshot.stat().st_size > 10_000
         if os.environ.get("SSLMED_UPDATE_SCREENSHOTS") == "1":
@@ -132,7 +144,7 @@ def test_bad_file_shows_one_message(browser: object, page_url: str, tmp_path: Pa
         assert message.count() == 1, "one message, not several"
         assert message.first.inner_text().startswith("Not a readable image — ")  # titled by what went wrong
         page.wait_for_timeout(1500)  # the toast slides in
-        page.screenshot(path=str(tmp_path / "error.png"))
+        page.screenshot(path=str(shot("error.png")))
     finally:
         page.close()
 
@@ -183,7 +195,7 @@ def test_image_unlike_the_training_data_shows_the_warning(
         warning_box, label_box = warning.bounding_box(), page.locator("#probabilities").bounding_box()
         assert warning_box["y"] < label_box["y"], "the warning stands above the probabilities"
         page.wait_for_timeout(500)
-        page.screenshot(path=str(tmp_path / "ood-warning.png"), full_page=True)
+        page.screenshot(path=str(shot("ood-warning.png")), full_page=True)
         page.goto(page_url)  # a fresh page: the upload box holds one file
         page.get_by_role("button", name="Classify", exact=True).wait_for()
         page.locator("#upload input[type=file]").set_input_files(str(chest))
@@ -237,7 +249,7 @@ def test_several_files_give_a_table_and_a_csv_download(
         lines = saved.read_text().splitlines()
         assert lines[0].startswith("file,top class,") and len(lines) == 4
         assert lines[1].split(",")[1] == max(predictor.predict([files[0]])[0], key=predictor.predict([files[0]])[0].get)
-        page.screenshot(path=str(tmp_path / "batch.png"), full_page=True)
+        page.screenshot(path=str(shot("batch.png")), full_page=True)
     finally:
         page.close()
 
@@ -258,6 +270,6 @@ def test_keyboard_only_classifies_an_example(browser: object, page_url: str, tmp
             pytest.fail("no example is reachable with the Tab key")
         page.keyboard.press("Enter")
         sync_api.expect(page.locator("#example-outcome")).to_contain_text("true label", timeout=TIMEOUT_MS)
-        page.screenshot(path=str(tmp_path / "keyboard.png"), full_page=True)
+        page.screenshot(path=str(shot("keyboard.png")), full_page=True)
     finally:
         page.close()
