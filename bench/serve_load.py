@@ -262,7 +262,7 @@ def call_endpoint(http: object, endpoint: str, image: str, timeout: float) -> li
     result = json.loads(answer.split("event: complete", 1)[1].split("data:", 1)[1])
     if endpoint == "explain":
         for output in result:
-            if output is None:
+            if not isinstance(output, dict):  # no image (None), or the Grad-CAM caption
                 continue
             body = http.get(output["url"])  # httpx raises on a body shorter than Content-Length
             body.raise_for_status()

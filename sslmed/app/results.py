@@ -23,10 +23,12 @@ from sslmed.core.errors import UsageError
 from sslmed.core.files import atomic_write_json, atomic_write_text
 from sslmed.core.recipe import Recipe
 from sslmed.core.registry import Registry
+from sslmed.data.roots import resolve_data_root
 from sslmed.data.sources import ImageSource
 from sslmed.evaluation.calibration import reliability_figure
 from sslmed.evaluation.comparisons import gain_lines
 from sslmed.evaluation.evaluate import Evaluation, evaluate
+from sslmed.serving.detection import measure_and_record
 from sslmed.serving.export import export_classifier
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,10 @@ def export_model(run: RunDir, recipe: Recipe, found: Evaluation) -> None:
         task=found.task,
         trust=found.trust,
     )
+    if found.trust is not None:  # how well its OOD check works, measured on the export itself
+        measured = measure_and_record(run.model_dir, found.trust.test_flags(), resolve_data_root(recipe.data_root))
+        if measured is None:
+            log.info("model export: no not_cxr images in the data root; its OOD check is not measured")
 
 
 def results_table(rows: list[dict[str, Any]], classes: list[str]) -> str:

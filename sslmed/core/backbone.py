@@ -29,5 +29,10 @@ class Backbone(nn.Module):
         """The module whose output is the last feature map (Grad-CAM's target)."""
         raise NotImplementedError
 
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The stages whose outputs are feature maps, shallow to deep, by name (Grad-CAM
+        picks the deepest with a useful spatial size). Default: the last stage only."""
+        return [("last stage", self.last_stage())]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.forward_features(x), 1), 1)

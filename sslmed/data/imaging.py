@@ -50,6 +50,8 @@ MAX_DECODED_BYTES = 64 * 2**20
 MAX_FILE_BYTES = 512 * 2**20
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
+#: the only DICOM fields ever read out for people (page, API, log): none identifies a patient
+DICOM_SHOWN = ("modality", "view_position", "photometric_interpretation", "window", "bits_stored")
 HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
@@ -62,6 +64,9 @@ class ImageInfo:
     mode: str
     format: str
     bits: int
+    #: for a DICOM file, what explains the picture (:data:`DICOM_SHOWN`: modality, view
+    #: position, photometric interpretation, the window applied); never a patient identifier
+    dicom: dict[str, str] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -243,7 +248,24 @@ def _decode_dicom(pydicom: Any, invalid: type[Exception], data: bytes, name: str
     if (pixels.ndim == 3 and not colour) or pixels.ndim == 4:
         pixels = pixels[0]  # multi-frame: the first frame
     bits = int(getattr(dataset, "BitsStored", 0) or getattr(dataset, "BitsAllocated", 8) or 8)
-    info = ImageInfo(int(pixels.shape[1]), int(pixels.shape[0]), f"DICOM {photometric}", "DICOM", bits)
+    shown = {
+        "modality": str(getattr(dataset, "Modality", "") or "not recorded"),
+        "view_position": str(getattr(dataset, "ViewPosition", "") or "not recorded"),
+        "photometric_interpretation": photometric,
+        "bits_stored": str(bits),
+    }
+
+    def described(window: str) -> ImageInfo:
+        return ImageInfo(
+            int(pixels.shape[1]),
+            int(pixels.shape[0]),
+            f"DICOM {photometric}",
+            "DICOM",
+            bits,
+            {**shown, "window": window},
+        )
+
+    info = described("none (colour image shown as stored)")
     if colour:
         if photometric.startswith("YBR"):
             try:
@@ -264,10 +286,18 @@ def _decode_dicom(pydicom: Any, invalid: type[Exception], data: bytes, name: str
     if center is not None and width is not None and width > 0 and math.isfinite(center):
         function = str(getattr(dataset, "VOILUTFunction", "LINEAR") or "LINEAR")
         grey = np.round(apply_window(values, center, width, function)).astype(np.uint8)
+        info = described(f"centre {center:g}, width {width:g} ({function.upper()}, from the file)")
     elif bits <= 8 and values.min() >= 0 and values.max() <= 255:
         grey = values.astype(np.uint8)  # 8-bit data is shown as stored
+        info = described("none (8-bit values shown as stored)")
     else:
         grey = _to_uint8(values)  # more than 8 bits, no window: the image's own range
+        info = described(
+            f"none in the file: the image's own range {float(values.min()):g} to {float(values.max()):g} "
+            "mapped to 0-255"
+        )
+    if photometric == "MONOCHROME1":
+        info = described(info.dicom["window"] + "; MONOCHROME1 inverted so that bone is bright")  # type: ignore[index]
     if photometric == "MONOCHROME1":
         grey = 255 - grey  # MONOCHROME1: low values are displayed bright
     return Image.fromarray(np.ascontiguousarray(grey), "L"), info

@@ -45,6 +45,9 @@ class ResNetBackbone(Backbone):
     def last_stage(self) -> nn.Module:
         return self.layer4
 
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        return [(name, getattr(self, name)) for name in ("layer1", "layer2", "layer3", "layer4")]
+
 
 class ResNetArgs(BaseModel):
     """Arguments of the ResNet backbones (the input channels come from the step)."""

@@ -37,7 +37,8 @@ from sslmed.core.hookspecs import hookimpl
     "examples_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder of example images (default: ../shared/data/samples when present).",
+    help="Folder of example images (default: a few test images per class of the run's data when present, "
+    "else images of ../shared/data labelled with the model's classes).",
 )
 @click.option(
     "--auth-file",

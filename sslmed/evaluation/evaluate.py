@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 
@@ -24,6 +24,7 @@ from sslmed.core.tasks import MULTICLASS, Task, task_for
 from sslmed.data.sources import ImageSource
 from sslmed.evaluation.features import RAW_PIXELS, FeatureSet, LabelledSplit, extract_features
 from sslmed.evaluation.finetune import finetune_rows
+from sslmed.evaluation.ood import InputStatistics
 from sslmed.evaluation.probes import probe_rows
 from sslmed.evaluation.supervised import supervised_proba
 from sslmed.evaluation.trust import TrustFit, fit_trust
@@ -45,6 +46,9 @@ class Evaluation:
     model: str = ""
     #: the linear probe's temperature and OOD score (multi-class only; see :mod:`sslmed.evaluation.trust`)
     trust: TrustFit | None = None
+
+
+INPUT_STATISTICS = "_input_statistics"
 
 
 def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: ImageSource) -> Evaluation:
@@ -77,7 +81,9 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
         models["random_init"] = build_backbone()
     if "raw_pixels" in settings.baselines:
         models["raw_pixels"] = RAW_PIXELS
-    per_split = {k: extract_features(models, s, size, channels, batch) for k, s in splits.items()}
+    # the input gate of the OOD check reads the model inputs' intensity statistics, computed in the same pass
+    gated = {**models, INPUT_STATISTICS: cast(Backbone, InputStatistics())} if settings.trust else models
+    per_split = {k: extract_features(gated, s, size, channels, batch) for k, s in splits.items()}
     result = Evaluation([], source.classes, task, pretrained, model=name)
     for model in models:
         features = FeatureSet(
@@ -96,6 +102,7 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
                     (features.test, labels["test"]),
                     (features.val, labels["val"]) if features.val is not None else None,
                     seed=settings.seed,
+                    statistics={k: v[INPUT_STATISTICS] for k, v in per_split.items()},
                 )
     if "supervised" in settings.baselines and not task.supervised_reference:
         log.warning("evaluation: the supervised reference is not available for multi-label data yet; skipped")

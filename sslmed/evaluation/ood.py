@@ -8,6 +8,11 @@ looks at the direction of the feature vector, not its length (which follows the
 image's contrast). The threshold is a quantile (by default the 99th percentile) of
 the validation split's scores: about 1% of in-distribution images are flagged.
 
+Beside it, :class:`InputGate` scores the model input's intensity statistics (a CT slice
+or a hand radiograph differs from a chest radiograph there whatever the encoder learnt);
+an export with both flags an image when either is above its threshold
+(``bench/ood_candidates.py`` compares the candidates, docs/benchmarks.md has the numbers).
+
 Stored with the model export as tensors (``ood.means``, ``ood.precision``) and a few
 numbers in ``model.json`` (``ood``: threshold, quantile, what it was fitted on);
 :meth:`FeatureDistance.score` needs only numpy at prediction time (scikit-learn only to fit).
@@ -133,3 +138,79 @@ def detection_summary(in_scores: np.ndarray, out_scores: np.ndarray, threshold: 
         "threshold_5pct_in": at_5,
         "threshold": float(threshold),
     }
+
+
+#: the intensity statistics the input gate looks at: 16-bin histogram, mean, spread, dark and bright share
+GATE_BINS = 16
+GATE_TENSOR_PREFIX = "ood_gate"
+
+
+def input_statistics(x: torch.Tensor) -> np.ndarray:
+    """``N×20`` intensity statistics of normalised model inputs ``N×C×H×W`` (values in
+    about -1..1): a 16-bin histogram, mean, standard deviation, share below -0.9 and above 0.9.
+
+    A CT or MRI slice (black surround, another grey-level distribution) or a hand radiograph
+    (mostly black background) differs from a chest radiograph here whatever the encoder
+    learnt, so this catches what a feature distance of a small encoder misses."""
+    flat = x.detach().float().flatten(1).cpu()
+    edges = torch.linspace(-1.0, 1.0, GATE_BINS + 1)
+    index = torch.bucketize(flat.clamp(-1.0, 1.0 - 1e-6), edges[1:-1])
+    hist = torch.zeros(flat.shape[0], GATE_BINS).scatter_add_(1, index, torch.ones_like(flat)) / flat.shape[1]
+    extra = torch.stack([flat.mean(1), flat.std(1), (flat < -0.9).float().mean(1), (flat > 0.9).float().mean(1)], dim=1)
+    return torch.cat([hist, extra], dim=1).double().numpy()
+
+
+class InputStatistics(torch.nn.Module):
+    """:func:`input_statistics` as a module, so the feature extraction computes it beside the backbones."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(input_statistics(x)).float()
+
+
+@dataclass
+class InputGate:
+    """Mahalanobis distance of an input's intensity statistics to the training images'."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    threshold: float = float("inf")
+    quantile: float = DEFAULT_QUANTILE
+
+    def score(self, statistics: np.ndarray) -> np.ndarray:
+        d = np.asarray(statistics, dtype=np.float64) - self.mean[None, :]
+        return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", d, self.precision, d), 0.0))
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "mean": torch.tensor(self.mean, dtype=torch.float64),
+            "precision": torch.tensor(self.precision, dtype=torch.float64),
+        }
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "score": "mahalanobis-input-intensity-statistics-ledoitwolf",
+            "threshold": float(self.threshold),
+            "quantile": float(self.quantile),
+        }
+
+    @classmethod
+    def from_export(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> InputGate:
+        return cls(
+            mean=tensors[f"{GATE_TENSOR_PREFIX}.mean"].double().numpy(),
+            precision=tensors[f"{GATE_TENSOR_PREFIX}.precision"].double().numpy(),
+            threshold=float(meta["threshold"]),
+            quantile=float(meta.get("quantile", DEFAULT_QUANTILE)),
+        )
+
+
+def fit_input_gate(
+    train_statistics: np.ndarray, threshold_statistics: np.ndarray, *, quantile: float = DEFAULT_QUANTILE
+) -> InputGate:
+    """Mean and Ledoit-Wolf precision of the training inputs' statistics; the threshold
+    the ``quantile`` of ``threshold_statistics``' scores (images the mean was not fitted on)."""
+    from sklearn.covariance import LedoitWolf  # here: predict loads this module without scikit-learn
+
+    stats = np.asarray(train_statistics, dtype=np.float64)
+    gate = InputGate(stats.mean(0), LedoitWolf().fit(stats).precision_, quantile=quantile)
+    gate.threshold = float(np.quantile(gate.score(threshold_statistics), quantile))
+    return gate

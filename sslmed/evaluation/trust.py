@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 
 from sslmed.core.tasks import linear_head_from_probe
 from sslmed.evaluation.calibration import Calibration, calibrate
-from sslmed.evaluation.ood import DEFAULT_QUANTILE, FeatureDistance, fit_feature_distance
+from sslmed.evaluation.ood import DEFAULT_QUANTILE, FeatureDistance, InputGate, fit_feature_distance, fit_input_gate
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +42,28 @@ class TrustFit:
     calibration: Calibration | None
     ood: FeatureDistance
     test_scores: np.ndarray
+    #: the input-statistics gate (an image is flagged by either score), when fitted
+    gate: InputGate | None = None
+    test_gate_scores: np.ndarray | None = None
+
+    def test_flags(self) -> np.ndarray:
+        """Which test images the export flags (feature distance or input gate)."""
+        flags = self.ood.flag(self.test_scores)
+        if self.gate is not None and self.test_gate_scores is not None:
+            flags = flags | (np.asarray(self.test_gate_scores) > self.gate.threshold)
+        return flags
 
     def results(self) -> dict[str, Any]:
         """``results.json``'s ``calibration`` and ``ood`` entries."""
         scores = self.test_scores
-        return {
-            "calibration": self.calibration.as_dict() if self.calibration else None,
-            "ood": {
-                **self.ood.meta(),
-                "test_flagged": float(self.ood.flag(scores).mean()) if len(scores) else float("nan"),
-                "test_images": int(len(scores)),
-            },
+        ood = {
+            **self.ood.meta(),
+            "test_flagged": float(self.test_flags().mean()) if len(scores) else float("nan"),
+            "test_images": int(len(scores)),
         }
+        if self.gate is not None:
+            ood["gate"] = self.gate.meta()
+        return {"calibration": self.calibration.as_dict() if self.calibration else None, "ood": ood}
 
 
 def _folds(labels: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -73,12 +83,40 @@ def fit_trust(
     *,
     seed: int = 0,
     quantile: float = DEFAULT_QUANTILE,
+    statistics: dict[str, np.ndarray] | None = None,
 ) -> TrustFit:
     """Temperature (scored on ``test``) and OOD score (threshold on ``val``) for ``probe``.
 
     Each split is ``(features, class indices)``; features are the backbone's pooled
-    output, as the probe was fitted on.
+    output, as the probe was fitted on. ``statistics`` (``{"train", "test"[, "val"]}``:
+    :func:`sslmed.evaluation.ood.input_statistics` of each split's model inputs) adds the
+    input gate, fitted on train with its threshold on val (else out of fold on train).
     """
+    fit = _fit_trust(probe, n_classes, train, test, val, seed=seed, quantile=quantile)
+    if statistics is not None:
+        if "val" in statistics and len(statistics["val"]):
+            fit.gate = fit_input_gate(statistics["train"], statistics["val"], quantile=quantile)
+        else:
+            stats = statistics["train"]
+            held = np.zeros(len(stats))
+            for fit_index, held_index in _folds(train[1], seed) or [(np.arange(len(stats)), np.arange(len(stats)))]:
+                held[held_index] = fit_input_gate(stats[fit_index], stats[held_index]).score(stats[held_index])
+            fit.gate = fit_input_gate(stats, stats[:1], quantile=quantile)
+            fit.gate.threshold = float(np.quantile(held, quantile))
+        fit.test_gate_scores = fit.gate.score(statistics["test"])
+    return fit
+
+
+def _fit_trust(
+    probe: Pipeline,
+    n_classes: int,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    seed: int = 0,
+    quantile: float = DEFAULT_QUANTILE,
+) -> TrustFit:
     train_x, train_y = train
     test_x, test_y = test
     if val is not None and len(val[1]):

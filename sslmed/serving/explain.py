@@ -1,9 +1,12 @@
-"""Grad-CAM on a classifier's last backbone stage, and images for people to look at.
+"""Grad-CAM on a classifier's deepest useful backbone stage, and images for people to look at.
 
 Grad-CAM (Selvaraju et al., 2017) weights each channel of the last feature map by the
 mean gradient of a class score with respect to it, sums, keeps the positive part and
-upsamples: a coarse map of where the evidence for that class lies. It is computed
-here with a forward hook on ``backbone.last_stage()`` and ``torch.autograd.grad`` on
+upsamples: a coarse map of where the evidence for that class lies. A 1×1 or 2×2 map
+cannot localise anything, so the map is taken from the deepest stage of
+``backbone.stages()`` whose output has at least :data:`MIN_CAM_SIDE` positions on each
+side (an earlier stage when the last one is smaller); when none has, there is no map.
+It is computed here with a forward hook on that stage and ``torch.autograd.grad`` on
 that stage's output only, so no parameter gradients are made and the shared model
 is not changed. The hook acts only in the thread that registered it, so Grad-CAM
 can run while other threads predict with the same model.
@@ -36,6 +39,9 @@ _COLOUR_ANCHORS = np.array(
 
 _lock = threading.Lock()
 
+#: a Grad-CAM map needs at least this many positions on each side to localise anything
+MIN_CAM_SIDE = 4
+
 
 @dataclass
 class GradCam:
@@ -45,8 +51,54 @@ class GradCam:
     class_index: int
     #: the class probabilities of the same forward pass
     probabilities: np.ndarray
-    #: the map in 0..1, ``h×w`` of the last feature map (before upsampling)
-    cam: np.ndarray
+    #: the map in 0..1, ``h×w`` of the stage's feature map (before upsampling); ``None``
+    #: when no stage has at least ``MIN_CAM_SIDE``×``MIN_CAM_SIDE`` positions
+    cam: np.ndarray | None
+    #: the stage the map comes from (its name in ``backbone.stages()``), or ``None``
+    layer: str | None = None
+    #: ``(h, w)`` of that stage's output; of the largest stage when there is no map
+    size: tuple[int, int] = (0, 0)
+
+    def caption(self) -> str:
+        """One sentence for the page: which layer the map comes from, or why there is none."""
+        if self.cam is None:
+            return (
+                f"**Grad-CAM not shown:** no backbone stage has {MIN_CAM_SIDE}×{MIN_CAM_SIDE} positions at this "
+                f"input size (the largest is {self.size[0]}×{self.size[1]}), so a map could not localise anything."
+            )
+        return f"Grad-CAM on layer `{self.layer}` ({self.size[0]}×{self.size[1]} positions), top class."
+
+
+def stage_sizes(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, torch.nn.Module, tuple[int, int]]]:
+    """Each stage of ``model.backbone.stages()`` with the spatial size of its output for ``x``."""
+    stages = cast(Backbone, model.backbone).stages()
+    sizes: dict[int, tuple[int, int]] = {}
+    owner = threading.get_ident()
+    handles = []
+    for index, (_name, module) in enumerate(stages):
+
+        def record(_module: Any, _inputs: Any, output: torch.Tensor, index: int = index) -> None:
+            if threading.get_ident() == owner and output.dim() == 4:
+                sizes[index] = (int(output.shape[-2]), int(output.shape[-1]))
+
+        handles.append(module.register_forward_hook(record))
+    try:
+        with torch.inference_mode():
+            cast(Backbone, model.backbone)(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(name, module, sizes.get(i, (0, 0))) for i, (name, module) in enumerate(stages)]
+
+
+def choose_stage(
+    sized: list[tuple[str, torch.nn.Module, tuple[int, int]]],
+) -> tuple[str, torch.nn.Module, tuple[int, int]] | None:
+    """The deepest stage whose output has at least ``MIN_CAM_SIDE`` positions each side."""
+    for name, module, size in reversed(sized):
+        if min(size) >= MIN_CAM_SIDE:
+            return name, module, size
+    return None
 
 
 def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None) -> GradCam:
@@ -54,9 +106,19 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = 
 
     ``x`` is the normalised ``1×C×H×W`` model input; ``class_index`` defaults to the
     predicted class. The map is relative (its maximum is 1); a map that is zero
-    everywhere means no positive evidence was found at this stage.
+    everywhere means no positive evidence was found at this stage. ``cam`` is ``None``
+    when no stage is large enough (see :func:`choose_stage`).
     """
-    stage = cast(Backbone, model.backbone).last_stage()
+    sized = stage_sizes(model, x)
+    chosen = choose_stage(sized)
+    if chosen is None:
+        with torch.inference_mode():
+            logits = model(x)
+        probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+        index = int(probabilities.argmax()) if class_index is None else int(class_index)
+        largest = max((size for _, _, size in sized), key=lambda s: s[0] * s[1], default=(0, 0))
+        return GradCam(index, probabilities, None, None, largest)
+    layer, stage, size = chosen
     owner = threading.get_ident()
     captured: dict[str, torch.Tensor] = {}
 
@@ -74,7 +136,7 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = 
         finally:
             handle.remove()
         if "activation" not in captured:
-            raise RuntimeError(f"{type(stage).__name__}: last_stage() did not run in the model's forward pass")
+            raise RuntimeError(f"{type(stage).__name__}: stage {layer} did not run in the model's forward pass")
         activation = captured["activation"]
         probabilities = torch.softmax(logits.detach().float(), dim=1)[0].cpu().numpy()
         index = int(probabilities.argmax()) if class_index is None else int(class_index)
@@ -83,7 +145,7 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = 
     cam = torch.relu((weights[:, None, None] * activation[0].detach()).sum(dim=0))
     peak = float(cam.max())
     cam = cam / peak if peak > 0 else torch.zeros_like(cam)
-    return GradCam(index, probabilities, cam.float().cpu().numpy())
+    return GradCam(index, probabilities, cam.float().cpu().numpy(), layer, size)
 
 
 def colourise(values: np.ndarray) -> np.ndarray:

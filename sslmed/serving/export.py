@@ -17,6 +17,7 @@ import torch
 from sslmed.artifacts.exports import save_model
 from sslmed.core.backbone import Backbone
 from sslmed.core.tasks import MULTICLASS, Task
+from sslmed.evaluation.ood import GATE_TENSOR_PREFIX as GATE_PREFIX
 from sslmed.evaluation.ood import TENSOR_PREFIX as OOD_PREFIX
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ def export_classifier(
             meta["calibration"] = trust.calibration.summary()
         meta["ood"] = trust.ood.meta()
         tensors.update({f"{OOD_PREFIX}.{k}": v for k, v in trust.ood.to_tensors().items()})
+        if trust.gate is not None:  # the input-statistics gate: flagged by either score
+            meta["ood"]["gate"] = trust.gate.meta()
+            tensors.update({f"{GATE_PREFIX}.{k}": v for k, v in trust.gate.to_tensors().items()})
     for name, state in (extra_tensors or {}).items():
         tensors.update({f"{name}.{k}": v for k, v in state.items()})
     save_model(directory, tensors, {**meta, "task": task.name, "activation": task.activation})

@@ -32,8 +32,9 @@ from sslmed.core.plugins import get_registry
 from sslmed.core.registry import Registry
 from sslmed.core.tasks import Task, task_for
 from sslmed.data.imaging import Source, load_image
+from sslmed.evaluation.ood import GATE_TENSOR_PREFIX as GATE_PREFIX
 from sslmed.evaluation.ood import TENSOR_PREFIX as OOD_PREFIX
-from sslmed.evaluation.ood import FeatureDistance
+from sslmed.evaluation.ood import FeatureDistance, InputGate, input_statistics
 from sslmed.training.transforms import eval_transform, image_mode
 
 
@@ -59,13 +60,19 @@ class Prediction:
     calibrated: bool
     ood_score: float | None = None
     ood_threshold: float | None = None
+    #: the input-statistics gate's score and threshold (exports since the gate; else ``None``)
+    gate_score: float | None = None
+    gate_threshold: float | None = None
 
     @property
     def ood_flag(self) -> bool | None:
-        """True when the image lies further from the training images than the threshold."""
+        """True when the image lies further from the training images than the threshold,
+        in its features or (where the export has the gate) in its intensity statistics."""
         if self.ood_score is None or self.ood_threshold is None:
             return None
-        return self.ood_score > self.ood_threshold
+        gated = self.gate_score is not None and self.gate_threshold is not None
+        gated = gated and self.gate_score > self.gate_threshold  # type: ignore[operator]
+        return self.ood_score > self.ood_threshold or gated
 
     def as_dict(self) -> dict[str, Any]:
         """What ``sslmed predict`` and the HTTP API return for the image."""
@@ -76,6 +83,11 @@ class Prediction:
                 "threshold": round(float(self.ood_threshold), 4),
                 "flagged": bool(self.ood_flag),
             }
+            if self.gate_score is not None:
+                out["out_of_distribution"]["input_gate"] = {
+                    "score": round(self.gate_score, 4),
+                    "threshold": round(float(self.gate_threshold or 0.0), 4),
+                }
         return out
 
 
@@ -117,7 +129,8 @@ class Predictor:
             raise CheckpointError(f"{where}: backbone {self.meta['backbone']} cannot be built ({exc})") from None
         self.model = Classifier(backbone, len(self.classes))
         extras = self.meta.get("extras", {})
-        model_tensors = {k: v for k, v in tensors.items() if k.split(".", 1)[0] not in (*extras, OOD_PREFIX)}
+        skipped = (*extras, OOD_PREFIX, GATE_PREFIX)
+        model_tensors = {k: v for k, v in tensors.items() if k.split(".", 1)[0] not in skipped}
         try:
             result = self.model.load_state_dict(model_tensors, strict=False)
         except RuntimeError as exc:  # a size mismatch: e.g. 2 head rows for 3 classes
@@ -153,9 +166,12 @@ class Predictor:
         self.calibrated = "calibration" in self.meta
         self._fast_backbone: torch.nn.Module | None = None
         self.ood: FeatureDistance | None = None
+        self.gate: InputGate | None = None
         if "ood" in self.meta:
             try:
                 self.ood = FeatureDistance.from_export(tensors, self.meta["ood"])
+                if "gate" in self.meta["ood"]:
+                    self.gate = InputGate.from_export(tensors, self.meta["ood"]["gate"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise CheckpointError(
                     f"{self.model_dir}: its out-of-distribution score is incomplete ({exc})"
@@ -202,17 +218,22 @@ class Predictor:
 
     def analyse_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """Calibrated class probabilities and the OOD score for already-loaded images."""
-        probabilities, _, found = self.forward_batch(torch.cat([self.model_input(image) for image in images]))
+        batch = torch.cat([self.model_input(image) for image in images])
+        probabilities, _, found = self.forward_batch(batch)
         scores = found if found is not None else [None] * len(images)
         threshold = self.ood.threshold if self.ood is not None else None
+        gates = self.gate.score(input_statistics(batch)) if self.gate is not None else [None] * len(images)
+        gate_threshold = self.gate.threshold if self.gate is not None else None
         return [
             Prediction(
                 {c: float(p) for c, p in zip(self.classes, row, strict=False)},
                 self.calibrated,
                 None if score is None else float(score),
                 threshold,
+                None if gate is None else float(gate),
+                gate_threshold,
             )
-            for row, score in zip(probabilities, scores, strict=True)
+            for row, score, gate in zip(probabilities, scores, gates, strict=True)
         ]
 
     def analyse(self, sources: Sequence[Source]) -> list[Prediction]:

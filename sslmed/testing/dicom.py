@@ -48,3 +48,24 @@ def dicom_bytes(ds: Dataset) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+#: patient identifiers that must never reach the page, an API answer or the log
+IDENTIFIERS = {
+    "PatientName": "Doe^Jane",
+    "PatientID": "P0001",
+    "PatientBirthDate": "19700101",
+    "AccessionNumber": "ACC4711",
+}
+
+
+def identified_dicom() -> bytes:
+    """A 16-bit 64×64 DICOM with a window, a view position and every identifier of :data:`IDENTIFIERS`."""
+    import numpy as np
+
+    ds = dicom_dataset(64, 64)
+    for key, value in IDENTIFIERS.items():
+        setattr(ds, key, value)
+    ds.ViewPosition, ds.WindowCenter, ds.WindowWidth = "PA", 2000, 3000
+    ds.PixelData = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4000).tobytes()
+    return dicom_bytes(ds)

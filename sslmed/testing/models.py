@@ -26,7 +26,9 @@ from sslmed.core.hookspecs import hookimpl
 from sslmed.core.metrics import metrics
 from sslmed.core.plugins import get_registry, register_plugin
 from sslmed.data.imaging import load_image
+from sslmed.evaluation.ood import input_statistics
 from sslmed.evaluation.trust import fit_trust
+from sslmed.serving.detection import measure_and_record
 from sslmed.serving.export import export_classifier
 from sslmed.training.transforms import eval_transform
 
@@ -104,6 +106,7 @@ def make_model_export(
     decoder: bool = False,
     seed: int = 0,
     trust: bool = True,
+    measure_ood: bool = True,
 ) -> Path:
     """Write ``directory/model.{safetensors,json}``: a random-init backbone with a linear
     probe fitted on real covid3 features (metrics on the next ``per_class`` images);
@@ -119,7 +122,10 @@ def make_model_export(
     @torch.inference_mode()
     def features(records: list[tuple[Path, str]]) -> np.ndarray:
         batch = torch.stack([transform(load_image(path)) for path, _ in records])
+        statistics[len(statistics)] = input_statistics(batch)
         return backbone(batch).numpy()
+
+    statistics: dict[int, np.ndarray] = {}
 
     train_y = np.array([classes.index(label) for _, label in train])
     test_y = np.array([classes.index(label) for _, label in test])
@@ -155,8 +161,21 @@ def make_model_export(
         meta["extras"] = {"decoder": description}
         extra_tensors = {"decoder": module.state_dict()}
     # calibrated and with an OOD score, as evaluation exports it (no val split: out of fold)
-    fitted = fit_trust(probe, len(classes), (train_x, train_y), (test_x, test_y), seed=seed) if trust else None
+    fitted = (
+        fit_trust(
+            probe,
+            len(classes),
+            (train_x, train_y),
+            (test_x, test_y),
+            seed=seed,
+            statistics={"train": statistics[0], "test": statistics[1]},
+        )
+        if trust
+        else None
+    )
     export_classifier(directory, backbone, probe, meta, extra_tensors=extra_tensors, trust=fitted)
+    if fitted is not None and measure_ood:  # as evaluation does: the export measures its own OOD detection
+        measure_and_record(directory, fitted.test_flags(), data_dir, per_category=4)
     return directory
 
 

@@ -142,7 +142,11 @@ def test_predict_prints_json_probabilities(trained_run, data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)[str(image)]
     probabilities = answer["probabilities"]
-    assert answer["calibrated"] is True and set(answer["out_of_distribution"]) == {"score", "threshold", "flagged"}
+    ood = answer["out_of_distribution"]
+    assert answer["calibrated"] is True and set(ood) == {"score", "threshold", "flagged", "input_gate"}
+    assert set(ood["input_gate"]) == {"score", "threshold"}  # the input-statistics gate of every new export
+    measured = json.loads((trained_run / "model" / "model.json").read_text())["ood"]["measured"]
+    assert measured["not_cxr_images"] == 100 and 0 <= measured["not_cxr_flagged"] <= 1  # measured at export
     assert set(probabilities) == {"Covid-19", "No_findings", "Pneumonia"}
     assert abs(sum(probabilities.values()) - 1) < 1e-5
     broken = tmp_path / "broken.png"

@@ -2,7 +2,8 @@
 
 Opens the page, uploads a real X-ray, waits for the class probabilities and the
 Grad-CAM overlay, checks a bad file gives one message, and saves screenshots under
-the test's tmp dir. With ``SSLMED_UPDATE_SCREENSHOTS=1`` the page screenshot is also
+``$SSLMED_SCREENSHOT_DIR`` (default: the system's temporary folder), in
+``sslmed-browser-screenshots/``. With ``SSLMED_UPDATE_SCREENSHOTS=1`` the page screenshot is also
 copied to ``docs/images/demo.png``; ``SSLMED_SCREENSHOT_MODEL`` may name a run folder
 to show instead of the small test model (e.g. a finished quickstart run).
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,16 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 REPO = Path(__file__).resolve().parents[2]
+#: screenshots are kept here after the run (pytest removes a passing test's tmp_path)
+SCREENSHOTS = Path(os.environ.get("SSLMED_SCREENSHOT_DIR", tempfile.gettempdir())) / "sslmed-browser-screenshots"
+
+
+def shot(name: str) -> Path:
+    """Where the screenshot ``name`` goes (outside the repository, kept after the tests)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS / name
+
+
 TIMEOUT_MS = 90_000
 DEMO_MAX_UPLOAD_MB = 2.0  # the samples are under 0.4 MB; a small limit keeps the oversize file small
 
@@ -82,7 +94,7 @@ def test_upload_shows_label_and_overlay(
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(page_url)
-        page.get_by_role("button", name="Classify").wait_for()
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
         page.locator("#upload input[type=file]").set_input_files(str(image))
         probabilities = page.locator("#probabilities")
         sync_api.expect(probabilities).to_contain_text(top, timeout=TIMEOUT_MS)
@@ -97,7 +109,7 @@ def test_upload_shows_label_and_overlay(
         natural_width = overlay.evaluate("img => img.naturalWidth")
         assert natural_width > 0, "the overlay image loaded"
         page.wait_for_timeout(500)  # let the label bars finish their transition
-        screenshot = tmp_path / "demo.png"
+        screenshot = shot("demo.png")
         page.screenshot(path=str(screenshot), full_page=True)
         assert screenshot.stat().st_size > 10_000
         if os.environ.get("SSLMED_UPDATE_SCREENSHOTS") == "1":
@@ -115,14 +127,14 @@ def test_bad_file_shows_one_message(browser: object, page_url: str, tmp_path: Pa
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(page_url)
-        page.get_by_role("button", name="Classify").wait_for()
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
         page.locator("#upload input[type=file]").set_input_files(str(bad))
         message = page.get_by_text("report.png: is a text file, not an image")
         sync_api.expect(message.first).to_be_visible(timeout=TIMEOUT_MS)
         assert message.count() == 1, "one message, not several"
         assert message.first.inner_text().startswith("Not a readable image — ")  # titled by what went wrong
         page.wait_for_timeout(1500)  # the toast slides in
-        page.screenshot(path=str(tmp_path / "error.png"))
+        page.screenshot(path=str(shot("error.png")))
     finally:
         page.close()
 
@@ -134,12 +146,16 @@ def test_example_click_classifies(browser: object, page_url: str, predictor: Pre
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(page_url)
-        page.get_by_text(f"{image.name} (COVID-19)").click()
+        page.get_by_text(f"{image.name} (true: Covid-19)").click()
         sync_api.expect(page.locator("#upload")).to_contain_text(image.name[:12])
         top = max(expected, key=expected.get)
         sync_api.expect(page.locator("#probabilities")).to_contain_text(top, timeout=TIMEOUT_MS)  # at once
         sync_api.expect(page.locator("#gradcam img")).to_be_visible(timeout=TIMEOUT_MS)
-        page.get_by_role("button", name="Classify").click()  # and again with the button
+        outcome = page.locator("#example-outcome")
+        verdict = "right" if top == "Covid-19" else "wrong"
+        sync_api.expect(outcome).to_contain_text(f"true label Covid-19; the model's top class is {top}: {verdict}")
+        sync_api.expect(page.locator("#gradcam-caption")).to_contain_text("Grad-CAM on layer layer4")
+        page.get_by_role("button", name="Classify", exact=True).click()  # and again with the button
         sync_api.expect(page.locator("#probabilities")).to_contain_text(top, timeout=TIMEOUT_MS)
         sync_api.expect(page.locator("#gradcam img")).to_be_visible(timeout=TIMEOUT_MS)
     finally:
@@ -161,7 +177,7 @@ def test_image_unlike_the_training_data_shows_the_warning(
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(page_url)
-        page.get_by_role("button", name="Classify").wait_for()
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
         sync_api.expect(page.locator("#trained-on")).to_contain_text("What this model was trained on")
         page.locator("#upload input[type=file]").set_input_files(str(flagged[0]))
         warning = page.locator("#ood-warning")
@@ -169,9 +185,9 @@ def test_image_unlike_the_training_data_shows_the_warning(
         warning_box, label_box = warning.bounding_box(), page.locator("#probabilities").bounding_box()
         assert warning_box["y"] < label_box["y"], "the warning stands above the probabilities"
         page.wait_for_timeout(500)
-        page.screenshot(path=str(tmp_path / "ood-warning.png"), full_page=True)
+        page.screenshot(path=str(shot("ood-warning.png")), full_page=True)
         page.goto(page_url)  # a fresh page: the upload box holds one file
-        page.get_by_role("button", name="Classify").wait_for()
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
         page.locator("#upload input[type=file]").set_input_files(str(chest))
         sync_api.expect(page.locator("#gradcam img")).to_be_visible(timeout=TIMEOUT_MS)
         sync_api.expect(warning).not_to_contain_text("unlike the images")
@@ -190,9 +206,60 @@ def test_a_file_far_over_the_limit_gets_sslmeds_message(browser: object, page_ur
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(page_url)
-        page.get_by_role("button", name="Classify").wait_for()
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
         page.locator("#upload input[type=file]").set_input_files(str(huge))
         message = page.get_by_text(f"the limit is {DEMO_MAX_UPLOAD_MB:g} MB")
         sync_api.expect(message.first).to_be_visible(timeout=TIMEOUT_MS)
+    finally:
+        page.close()
+
+
+def test_several_files_give_a_table_and_a_csv_download(
+    browser: object, page_url: str, predictor: Predictor, data_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    files = [data_dir / "samples" / "hannover_covid_fff13f3a.png", data_dir / "samples" / "covid_cxnet_007.jpg", bad]
+    page = browser.new_page(viewport={"width": 1400, "height": 1400}, accept_downloads=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(page_url)
+        page.locator("#batch-upload input[type=file]").set_input_files([str(f) for f in files])
+        sync_api.expect(page.locator("#batch-upload")).to_contain_text("notes")
+        page.get_by_role("button", name="Classify all").click()
+        table = page.locator("#batch-table")
+        sync_api.expect(table).to_contain_text("covid_cxnet_007.jpg", timeout=TIMEOUT_MS)
+        sync_api.expect(table).to_contain_text("is a text file, not an image")
+        link = page.locator("#batch-csv a").first
+        sync_api.expect(link).to_be_visible(timeout=TIMEOUT_MS)
+        with page.expect_download() as download:
+            link.click()
+        saved = tmp_path / "predictions.csv"
+        download.value.save_as(saved)
+        lines = saved.read_text().splitlines()
+        assert lines[0].startswith("file,top class,") and len(lines) == 4
+        assert lines[1].split(",")[1] == max(predictor.predict([files[0]])[0], key=predictor.predict([files[0]])[0].get)
+        page.screenshot(path=str(shot("batch.png")), full_page=True)
+    finally:
+        page.close()
+
+
+def test_keyboard_only_classifies_an_example(browser: object, page_url: str, tmp_path: Path) -> None:
+    """Tab to the first example and press Enter: it is classified, no mouse used."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(page_url)
+        page.get_by_role("button", name="Classify", exact=True).wait_for()
+        for _ in range(60):
+            page.keyboard.press("Tab")
+            focused = page.evaluate("() => document.activeElement && document.activeElement.innerText || ''")
+            if "(true:" in focused:
+                break
+        else:
+            pytest.fail("no example is reachable with the Tab key")
+        page.keyboard.press("Enter")
+        sync_api.expect(page.locator("#example-outcome")).to_contain_text("true label", timeout=TIMEOUT_MS)
+        page.screenshot(path=str(shot("keyboard.png")), full_page=True)
     finally:
         page.close()

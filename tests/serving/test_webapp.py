@@ -82,9 +82,10 @@ def test_prediction_over_http_equals_the_predictor(client: Client, crsm_predicto
 def test_explain_gives_model_view_gradcam_and_reconstruction(
     client: Client, crsm_predictor: Predictor, samples: Path
 ) -> None:
-    view_path, overlay_path, reconstruction_path = client.predict(
+    view_path, overlay_path, reconstruction_path, caption = client.predict(
         handle_file(str(samples / "covid_cxnet_040.png")), api_name="/explain"
     )
+    assert "layer4" in caption and "4×4" in caption  # 32 px with the small stem: the last stage is 4×4
     view, overlay, reconstruction = (Image.open(p) for p in (view_path, overlay_path, reconstruction_path))
     assert view.width == view.height >= crsm_predictor.image_size
     assert overlay.size == view.size  # shown at the size of the model's view, never as a thumbnail
@@ -170,8 +171,8 @@ def test_grad_cam_matches_a_direct_computation(crsm_predictor: Predictor, sample
 def test_service_without_decoder_and_model_card(data_dir: Path, samples: Path, tmp_path: Path) -> None:
     predictor = Predictor(make_model_export(tmp_path, data_dir, per_class=3), device="cpu")
     service = DemoService(predictor, max_upload_mb=5)
-    view, overlay, reconstruction = service.explain(str(samples / "covid_cxnet_007.jpg"))
-    assert reconstruction is None and overlay.size == view.size
+    shown = service.explain(str(samples / "covid_cxnet_007.jpg"))
+    assert shown.reconstruction is None and shown.heatmap is not None and shown.heatmap.size == shown.view.size
     with pytest.raises(DemoError, match="No image received"):
         service.predict(None)
     card = model_card(predictor)
@@ -204,8 +205,8 @@ def test_a_trained_crsm_model_shows_its_reconstruction(tiny_recipe, tmp_path: Pa
     )
     predictor = Predictor(result.run_dir, device="cpu")
     assert "decoder" in predictor.extras
-    view, _overlay, reconstruction = DemoService(predictor).explain(str(samples / "hannover_covid_fff13f3a.png"))
-    assert reconstruction is not None and reconstruction.size == view.size
+    shown = DemoService(predictor).explain(str(samples / "hannover_covid_fff13f3a.png"))
+    assert shown.reconstruction is not None and shown.reconstruction.size == shown.view.size
 
 
 def test_grad_cam_and_predictions_can_run_at_once(crsm_predictor: Predictor, samples: Path) -> None:
@@ -220,6 +221,55 @@ def test_grad_cam_and_predictions_can_run_at_once(crsm_predictor: Predictor, sam
         explained = [pool.submit(service.explain, f) for f in files]
         predicted = [pool.submit(service.predict, f) for f in files * 3]
         results = [future.result() for future in predicted]
-        assert all(future.result()[1] is not None for future in explained)
+        assert all(future.result().heatmap is not None for future in explained)
     for i, result in enumerate(results):
         assert result == pytest.approx(expected[i % len(files)], abs=1e-5)
+
+
+def test_batch_api_answers_a_row_per_file_and_csv(server: str, crsm_predictor: Predictor, samples: Path) -> None:
+    """POST /api/classify_batch: several multipart files (one not an image) -> one row
+    each, the bad one with its error; ``?format=csv`` gives the page's CSV."""
+    import json as json_module
+    import uuid
+
+    files = [("a.png", (samples / "hannover_covid_fff13f3a.png").read_bytes()), ("bad.png", b"not an image")]
+    boundary = uuid.uuid4().hex
+    body = (
+        b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+            for name, data in files
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+
+    def post(query: str = "") -> bytes:
+        request = urllib.request.Request(
+            f"{server}api/classify_batch{query}",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read()
+
+    answer = json_module.loads(post())
+    assert answer["classes"] == crsm_predictor.classes
+    good, bad = answer["rows"]
+    assert good["file"] == "a.png" and good["label"] in crsm_predictor.classes and "out_of_distribution" in good
+    expected = crsm_predictor.analyse([samples / "hannover_covid_fff13f3a.png"])[0].probabilities
+    assert good["probabilities"] == pytest.approx(expected, abs=1e-5)
+    assert bad["file"] == "bad.png" and bad["error"]
+    lines = post("?format=csv").decode().splitlines()
+    assert lines[0].startswith("file,top class,p(") and len(lines) == 3 and lines[2].startswith("bad.png,")
+
+
+def test_api_shows_dicom_fields_but_no_identifier(server: str) -> None:
+    from sslmed.testing.dicom import IDENTIFIERS, identified_dicom
+
+    request = urllib.request.Request(f"{server}api/classify?name=study.dcm", data=identified_dicom())
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body = response.read().decode()
+    assert '"view_position":"PA"' in body.replace(" ", "") and "centre 2000" in body
+    assert not any(value in body for value in IDENTIFIERS.values())

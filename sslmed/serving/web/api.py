@@ -1,6 +1,7 @@
 """HTTP routes beside Gradio's: ``POST /api/classify`` takes the image file as the
-request body and answers JSON in one round trip, without Gradio's queue; and the
-upload size limit on every request.
+request body and answers JSON in one round trip, without Gradio's queue;
+``POST /api/classify_batch`` does the same for several files (or a zip) and answers a
+table (JSON rows, or CSV with ``?format=csv``); and the upload size limit on every request.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from typing import Any
 
 from sslmed.serving.predict import Prediction
 from sslmed.serving.web.auth import CLIENT_ADDRESS, LoginGuard
-from sslmed.serving.web.service import FORMATS_TEXT, DemoError, DemoService
+from sslmed.serving.web.service import FORMATS_TEXT, MAX_BATCH_FILES, DemoError, DemoService
+
+#: a batch request's body may be this many times the per-file limit
+BATCH_BODY_FACTOR = 10
 
 
 def api_routes(service: DemoService, guard: LoginGuard | None = None, concurrency: int = 2) -> list[Any]:
@@ -75,9 +79,70 @@ def api_routes(service: DemoService, guard: LoginGuard | None = None, concurrenc
         except DemoError as error:
             return refuse(error)
         top = max(result.probabilities, key=lambda c: result.probabilities[c])
-        return JSONResponse({"label": top, **result.as_dict()})
+        answer = {"label": top, **result.as_dict()}
+        fields = service.dicom_fields(data)  # what explains the picture; never a patient identifier
+        if fields:
+            answer["dicom"] = fields
+        return JSONResponse(answer)
 
-    return [Route("/api/classify", classify, methods=["POST"])]
+    async def classify_batch(request: Request) -> Any:
+        """Several files as multipart fields ``files`` (each within the per-file limit, at
+        most :data:`MAX_BATCH_FILES`), or one zip (or image) as the body -> ``{"classes",
+        "rows": [{"file", "label", "probabilities", ..., "out_of_distribution"} or
+        {"file", "error"}]}``; ``?format=csv`` answers the page's CSV instead."""
+        from starlette.responses import Response
+
+        if guard is not None and not guard.check_basic(request.headers.get("authorization")):
+            return JSONResponse(
+                {"error": "login required: send HTTP basic credentials (curl -u USER)", "title": "Not logged in"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Basic realm="sslmed"'},
+            )
+        body_limit = limit * BATCH_BODY_FACTOR
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > body_limit + 65536:
+            return refuse(
+                DemoError(
+                    f"the request is {declared / 1e6:.3g} MB; a batch may be at most "
+                    f"{body_limit / 1e6:g} MB ({BATCH_BODY_FACTOR} times the per-file limit)",
+                    "Batch too large",
+                    413,
+                )
+            )
+        items: list[tuple[str, bytes]] = []
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(
+                max_files=MAX_BATCH_FILES + 1, max_fields=MAX_BATCH_FILES + 4, max_part_size=body_limit + 1
+            )  # a file over the per-file limit becomes a row with its error, not a refused request
+            for upload in form.getlist("files") + form.getlist("file"):
+                if not isinstance(upload, str):
+                    items.append((upload.filename or f"file{len(items) + 1}", await upload.read()))
+        else:
+            data = bytearray()
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > limit:
+                    break
+            if data:
+                items.append((request.query_params.get("name", "upload.zip"), bytes(data)))
+        if not items:
+            return refuse(
+                DemoError(
+                    "No images received: send the files as multipart fields 'files', or a zip as the body.",
+                    "No images",
+                )
+            )
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(concurrency))
+        rows = await anyio.to_thread.run_sync(service.classify_many, items, limiter=limiter[0])
+        if request.query_params.get("format") == "csv":
+            return Response(service.batch_csv(rows), media_type="text/csv; charset=utf-8")
+        return JSONResponse({"classes": service.predictor.classes, "rows": [row.as_dict() for row in rows]})
+
+    return [
+        Route("/api/classify", classify, methods=["POST"]),
+        Route("/api/classify_batch", classify_batch, methods=["POST"]),
+    ]
 
 
 class _BodyTooLarge(Exception):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sslmed.serving.detection import GOOD_IN, GOOD_OTHER
 from sslmed.serving.predict import Prediction, Predictor
 
 DISCLAIMER = (
@@ -63,8 +64,9 @@ def model_card(predictor: Predictor) -> str:
     lines += ["", calibration_text(meta), "", ood_text(meta)]
     lines += [
         "",
-        "Grad-CAM shows where the evidence for the top class lies in the last feature "
-        "map; it is a coarse aid for looking at the model, not a finding.",
+        "Grad-CAM shows where the evidence for the top class lies in the deepest feature map with at "
+        "least 4×4 positions (its layer is named under the map); it is a coarse aid for looking at the "
+        "model, not a finding.",
         "",
         f"Run: `{predictor.model_dir.parent.name}`",
     ]
@@ -85,14 +87,56 @@ def calibration_text(meta: dict[str, Any]) -> str:
 
 
 def ood_text(meta: dict[str, Any]) -> str:
-    """One sentence on the out-of-distribution check of this model."""
+    """One sentence on the out-of-distribution check of this model, and how well it works."""
     ood = meta.get("ood")
     if not ood:
         return "**Out-of-distribution check:** none (this export has no feature statistics)."
-    return (
+    text = (
         f"**Out-of-distribution check:** an image whose features lie further from the training images' "
-        f"than {ood['threshold']:.2f} (the {ood['quantile']:.0%} quantile of {ood['fitted_on']}) is flagged; "
-        "the check cannot prove an image is a chest radiograph, and misses some that are not."
+        f"than {ood['threshold']:.2f} (the {ood['quantile']:.0%} quantile of {ood['fitted_on']}) is flagged"
+        + (
+            f", and so is one whose intensity statistics lie further than {ood['gate']['threshold']:.2f} from theirs"
+            if ood.get("gate")
+            else ""
+        )
+        + "; the check cannot prove an image is a chest radiograph, and misses some that are not."
+    )
+    return text + " " + ood_measured_text(meta)
+
+
+def ood_measured_text(meta: dict[str, Any]) -> str:
+    """How well this export's check was measured to work, and a warning when it is weak."""
+    measured = (meta.get("ood") or {}).get("measured")
+    if not measured:
+        return "*Its detection was not measured (no `not_cxr` images where the model was exported).*"
+    test = measured.get("test_flagged")
+    own = f"{test:.0%} of its own {measured['test_images']} test images" if test is not None else "its test images"
+    per = ", ".join(f"{k} {v}" for k, v in (measured.get("not_cxr_per_category") or {}).items())
+    text = (
+        f"Measured on this model: it flags **{measured['not_cxr_flagged']:.0%} of {measured['not_cxr_images']} "
+        f"images that are not chest radiographs** (`not_cxr`: {per}) and {own}."
+    )
+    if not measured.get("works"):
+        text += (
+            f" **This model's check is weak** (the bar is {GOOD_OTHER:.0%} of `not_cxr` flagged at most "
+            f"{GOOD_IN:.0%} of its own test images): no warning does not mean the image is a chest radiograph."
+        )
+    return text
+
+
+def ood_weak_note(meta: dict[str, Any]) -> str:
+    """The page's short note beside the results when the OOD check is weak or unmeasured ('' when it works)."""
+    ood = meta.get("ood")
+    if not ood:
+        return "⚠ This model has no out-of-distribution check: it classifies any image as a chest radiograph."
+    measured = ood.get("measured")
+    if not measured:
+        return "⚠ This model's out-of-distribution check was not measured: a missing warning proves nothing."
+    if measured.get("works"):
+        return ""
+    return (
+        f"⚠ **Weak out-of-distribution check:** it flags only {measured['not_cxr_flagged']:.0%} of images that "
+        "are not chest radiographs; a missing warning does not mean the image is one."
     )
 
 
@@ -116,7 +160,13 @@ def trained_on(predictor: Predictor) -> str:
         f"- Data: `{meta.get('data', '?')}` (chest radiographs); classes: {', '.join(predictor.classes)}",
         f"- Test split: {scores or 'no metrics recorded'}",
         f"- Probabilities: {probabilities}",
-        f"- Out-of-distribution threshold: {format(ood['threshold'], '.2f') if ood else 'none'}",
+        f"- Out-of-distribution threshold: {format(ood['threshold'], '.2f') if ood else 'none'}"
+        + (
+            f" (flags {ood['measured']['not_cxr_flagged']:.0%} of non-chest images, "
+            f"{ood['measured']['test_flagged']:.0%} of its test images)"
+            if ood and ood.get("measured") and ood["measured"].get("test_flagged") is not None
+            else ""
+        ),
         "",
         "Research tool, not a diagnostic device.",
     ]

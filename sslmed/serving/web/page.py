@@ -19,7 +19,8 @@ import gradio as gr
 
 from sslmed.data.roots import resolve_data_root
 from sslmed.serving.predict import Predictor
-from sslmed.serving.web.cards import DISCLAIMER, model_card, ood_warning, trained_on
+from sslmed.serving.web.cards import DISCLAIMER, model_card, ood_warning, ood_weak_note, trained_on
+from sslmed.serving.web.examples import Example, file_digest, find_examples
 from sslmed.serving.web.service import (
     CACHE_LIFETIME,
     DEFAULT_CONCURRENCY,
@@ -27,8 +28,15 @@ from sslmed.serving.web.service import (
     DEFAULT_QUEUE_SIZE,
     FORMATS_TEXT,
     IMAGE_SUFFIXES,
+    MAX_BATCH_FILES,
+    BatchRow,
+    DemoError,
     DemoService,
+    batch_columns,
+    dicom_markdown,
+    file_path,
     image_file,
+    text_file,
 )
 
 IMAGE_HEIGHT = 320
@@ -71,6 +79,16 @@ def example_files(examples_dir: str | Path | None) -> tuple[list[str], list[str]
     return [str(resolved / p.name) for p in files], captions
 
 
+def example_outcome(example: Example | None, top: str) -> str:
+    """Whether the model got an example right ('' for an image that is not an example)."""
+    if example is None or example.label is None:
+        return ""
+    verdict = "**right**" if top == example.label else "**wrong**"
+    return (
+        f"Example from the {example.origin}: true label **{example.label}**; the model's top class is {top}: {verdict}."
+    )
+
+
 def build_demo(
     predictor: Predictor,
     *,
@@ -90,7 +108,9 @@ def build_demo(
     if concurrency_limit < 1:
         raise ValueError(f"concurrency_limit must be at least 1, got {concurrency_limit}")
     service = DemoService(predictor, max_upload_mb)
-    examples, captions = example_files(examples_dir)
+    found = find_examples(predictor.model_dir, predictor.meta, examples_dir)
+    by_digest = {example.digest(): example for example in found}
+    examples, captions = [str(e.path) for e in found], [e.caption for e in found]
     size = predictor.image_size
 
     # uploads and result images live in Gradio's cache; delete them after an hour
@@ -113,7 +133,10 @@ def build_demo(
                 gr.Markdown(trained_on(predictor), elem_id="trained-on")
                 example_slot = gr.Column()
             with gr.Column(scale=2):
+                gr.Markdown(ood_weak_note(predictor.meta), elem_id="ood-quality")
                 warning = gr.Markdown("", elem_id="ood-warning")
+                outcome = gr.Markdown("", elem_id="example-outcome")
+                dicom_info = gr.Markdown("", elem_id="dicom-info")
                 label = gr.Label(
                     # multi-label: every finding has its own probability, so all are shown
                     num_top_classes=len(predictor.classes)
@@ -145,29 +168,70 @@ def build_demo(
                         elem_id="reconstruction",
                     )
                     heatmap = gr.Image(
-                        label="Grad-CAM on the last backbone stage (top class)",
+                        label="Grad-CAM (top class)",
                         type="pil",
                         format="png",
                         interactive=False,
                         height=IMAGE_HEIGHT,
                         elem_id="gradcam",
                     )
+                cam_caption = gr.Markdown("", elem_id="gradcam-caption")
+        with gr.Accordion(f"Many images at once (up to {MAX_BATCH_FILES}, or a zip of them)", open=True):
+            batch_upload = gr.File(
+                label=f"Several image files ({FORMATS_TEXT}) or a .zip of them, each up to {max_upload_mb:g} MB",
+                file_count="multiple",
+                type="filepath",
+                elem_id="batch-upload",
+            )
+            batch_button = gr.Button("Classify all", elem_id="batch-classify")
+            batch_table = gr.Dataframe(
+                headers=batch_columns(predictor.classes),
+                value=None,
+                interactive=False,
+                label="One row per image (an unreadable file: a row with its error)",
+                elem_id="batch-table",
+            )
+            batch_csv = gr.File(label="The table as CSV", interactive=False, elem_id="batch-csv")
         with gr.Accordion("Model card", open=True):
             gr.Markdown(model_card(predictor), elem_id="model-card")
 
-        def clear() -> tuple[str, None, None, None, None, None]:
-            return "", None, None, None, None, None
+        def clear() -> tuple[Any, ...]:
+            return "", None, None, None, None, None, "", "", ""
 
         def explain(file: Any) -> tuple[str | None, ...]:
-            return tuple(image_file(image) for image in service.explain(file))
+            shown = service.explain(file)
+            images = (shown.view, shown.heatmap, shown.reconstruction)
+            return *(image_file(image) for image in images), shown.caption
+
+        def example_of(file: Any) -> Example | None:
+            path = file if isinstance(file, str) else getattr(file, "name", None)
+            try:
+                return by_digest.get(file_digest(path)) if by_digest and path else None
+            except OSError:
+                return None
 
         def predict(file: Any) -> tuple[dict[str, float], str, dict[str, Any]]:
             result = service.analyse(file)
-            return result.probabilities, ood_warning(result), result.as_dict()
+            details = result.as_dict()
+            fields = service.dicom_fields(file_path(file))
+            if fields:
+                details["dicom"] = fields
+            return result.probabilities, ood_warning(result), details
 
-        def analyse(file: Any) -> tuple[Any, ...]:
-            images = tuple(image_file(image) for image in service.explain(file))
-            return *predict(file), *images
+        def dicom_note(file: Any) -> str:
+            return dicom_markdown(service.dicom_fields(file_path(file)))
+
+        def analyse(file: Any) -> tuple[Any, ...]:  # an example: also whether the model got it right
+            probabilities, *rest = predict(file)
+            top = max(probabilities, key=lambda c: probabilities[c])
+            return probabilities, *rest, example_outcome(example_of(file), top), *explain(file)
+
+        def classify_all(files: Any) -> tuple[list[list[Any]], str | None]:
+            rows: list[BatchRow] = service.classify_many(files or [])
+            if not rows:
+                raise DemoError("No images received: choose several image files or a zip first.", "No images")
+            table = [row.cells(predictor.classes) for row in rows]
+            return table, text_file(service.batch_csv(rows), "sslmed-predictions.csv")
 
         if examples:
             with example_slot:  # clicking an example classifies it at once
@@ -175,18 +239,18 @@ def build_demo(
                     examples=[[path] for path in examples],
                     inputs=[upload],
                     example_labels=captions,
-                    outputs=[label, warning, details, model_view, heatmap, reconstruction],
+                    outputs=[label, warning, details, outcome, model_view, heatmap, reconstruction, cam_caption],
                     fn=analyse,
                     run_on_click=True,
                     cache_examples=False,
-                    label="Examples (real radiographs; the label in brackets is the data set's)",
+                    label=f"Examples ({found[0].origin}; the true label in brackets)" if found[0].label else "Examples",
                 )
 
         cleared = gr.on(
             [classify.click, upload.upload],
             clear,
             inputs=None,
-            outputs=[warning, label, details, model_view, heatmap, reconstruction],
+            outputs=[warning, label, details, model_view, heatmap, reconstruction, outcome, cam_caption, dicom_info],
             queue=False,
             api_visibility="private",
             show_progress="hidden",
@@ -201,16 +265,28 @@ def build_demo(
                 "(empty when not raised) and both as JSON, for one image file (PNG, JPEG, WebP, TIFF, DICOM)."
             ),
         )
+        predicted.success(dicom_note, inputs=[upload], outputs=[dicom_info], api_visibility="private")
         predicted.success(
             explain,
             inputs=[upload],
-            outputs=[model_view, heatmap, reconstruction],
+            outputs=[model_view, heatmap, reconstruction, cam_caption],
             api_name="explain",
-            api_description="Model input, Grad-CAM overlay and (CRSM models) reconstruction of one image file.",
+            api_description=(
+                "Model input, Grad-CAM overlay (none when no stage is large enough), (CRSM models) "
+                "reconstruction and the Grad-CAM caption naming its layer, of one image file."
+            ),
+        )
+        batch_button.click(
+            classify_all,
+            inputs=[batch_upload],
+            outputs=[batch_table, batch_csv],
+            api_name="classify_many",
+            api_description="A table (file, top class, probabilities, OOD) and its CSV, for image files or zips.",
         )
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=queue_size)
     demo.sslmed_service = service  # read by launch_options: /api/classify runs the same service
     demo.sslmed_concurrency = concurrency_limit
+    demo.sslmed_examples = [str(e.path) for e in found]  # read by launch_options: served besides uploads
     return demo
 
 

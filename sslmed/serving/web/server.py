@@ -15,7 +15,7 @@ from sslmed.core.errors import UsageError
 from sslmed.serving.predict import Predictor
 from sslmed.serving.web.api import UploadLimit, api_routes
 from sslmed.serving.web.auth import AUTH_ENV, NO_AUTH_NOTICE, LoginGuard, is_loopback
-from sslmed.serving.web.page import build_demo, default_examples_dir, example_files
+from sslmed.serving.web.page import build_demo, example_files
 from sslmed.serving.web.service import DEFAULT_CONCURRENCY, DEFAULT_MAX_UPLOAD_MB
 
 DEFAULT_HOST = "127.0.0.1"
@@ -42,8 +42,15 @@ def launch_options(
     :func:`build_demo`) the app also gets ``POST /api/classify``; with ``guard`` every
     page, Gradio endpoint and ``/api/classify`` needs a login.
     """
-    # the example files themselves, not their folder: a link or file added there later is not served
+    # the example files themselves, not their folder: a link or file added there later is not
+    # served; then the examples the page chose (the run's test images, or the data root's),
+    # those files only, and only plain files (never a link)
     allowed = example_files(examples_dir)[0]
+    allowed += [
+        path
+        for path in getattr(demo, "sslmed_examples", [])
+        if path not in allowed and not Path(path).is_symlink() and Path(path).is_file()
+    ]
     from starlette.middleware import Middleware
 
     hard_limit = int(max_upload_mb * 2e6 + 1e6)
@@ -110,8 +117,6 @@ def serve(
         logging.getLogger(__name__).warning("serving on %s WITHOUT a login (--no-auth): anyone there can use it", host)
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // concurrency_limit))
     predictor = model if isinstance(model, Predictor) else Predictor(model)
-    if examples_dir is None:
-        examples_dir = default_examples_dir()
     demo = build_demo(
         predictor,
         examples_dir=examples_dir,
