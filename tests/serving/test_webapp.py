@@ -50,7 +50,7 @@ def crsm_predictor(data_dir: Path) -> Predictor:
 @pytest.fixture(scope="module")
 def server(crsm_predictor: Predictor, samples: Path) -> Iterator[str]:
     demo = build_demo(crsm_predictor, examples_dir=samples, max_upload_mb=MAX_UPLOAD_MB, concurrency_limit=2)
-    with launched_demo(demo, examples_dir=samples, max_upload_mb=MAX_UPLOAD_MB) as url:
+    with launched_demo(demo, examples_dir=samples, max_upload_mb=MAX_UPLOAD_MB, api=True) as url:
         yield url
 
 

@@ -67,10 +67,9 @@ def launch_options(
     return {
         **extra,
         "allowed_paths": allowed,
-        # UploadLimit refuses big bodies first, in sslmed's words (counted as they arrive,
-        # with or without Content-Length); Gradio's own cap, at the same hard limit, is a
-        # second wall in its upload parser
-        "max_file_size": hard_limit,
+        # no Gradio max_file_size: its page would refuse a big file itself, in Gradio's words;
+        # UploadLimit refuses every body past the hard limit on the server, counted as the
+        # bytes arrive (with or without Content-Length), in sslmed's words
         "share": False,
         "show_error": False,
         "footer_links": ["api"],
