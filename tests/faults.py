@@ -141,8 +141,8 @@ def run_and_kill(recipe: str, runs_dir: str, point: str, when: int) -> None:
 
         SimCLRMethod.training_step = terminated_step
         cli(["-q", "run", recipe, "--runs-dir", runs_dir])  # exits with the command's status
-    import sslmed.artifacts.exports
-    import sslmed.evaluation
+    import sslmed.core.files
+    import sslmed.evaluation.evaluate
     import sslmed.training.engine
     from sslmed.app.runner import run_recipe
     from sslmed.default_plugins.simclr import SimCLRMethod
@@ -185,16 +185,16 @@ def run_and_kill(recipe: str, runs_dir: str, point: str, when: int) -> None:
                 _kill()
             original_replace(src, dst)
 
-        sslmed.artifacts.exports.os.replace = replace
+        sslmed.core.files.os.replace = replace  # every atomic write renames through core.files
     elif point == "evaluation":
-        original_rows = sslmed.evaluation.probes.probe_rows
+        original_rows = sslmed.evaluation.evaluate.probe_rows
 
         def probe_rows(*args: Any, **kwargs: Any) -> Any:
             if reached():
                 _kill()
             return original_rows(*args, **kwargs)
 
-        sslmed.evaluation.probes.probe_rows = probe_rows
+        sslmed.evaluation.evaluate.probe_rows = probe_rows  # where evaluate() looks it up
     resume = "latest" if (Path(runs_dir) / "faulty").is_dir() else None
     run_recipe(recipe, runs_dir=runs_dir, resume=resume, progress=False)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from faults import assert_nothing_truncated, assert_same_outcome, outcome, write_small_data
 
-from sslmed.app.runner import run_recipe
+from sslmed.app.runner import resume_command, run_recipe
+from sslmed.artifacts.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
 RNG = random.Random(20261127)  # fixed points in CI; bench/fuzz.py is the place for more draws
@@ -89,7 +90,7 @@ def test_sigterm_stops_the_run_with_a_message_and_it_resumes(tmp_path: Path, dat
     assert child.returncode == 128 + signal.SIGTERM, child.stderr[-2000:]
     message = child.stderr.strip().splitlines()[-1]
     assert "step 'first' was stopped by SIGTERM" in message
-    assert f"sslmed run {recipe} --resume {run_dir}" in message
+    assert f"Continue it with: {resume_command(RunDir(run_dir))}" in message  # the run folder's own recipe
     assert "Traceback" not in child.stderr
     assert not (run_dir / "steps" / "first" / "backbone.safetensors").exists()
     assert not (run_dir / "results.json").exists()
