@@ -23,10 +23,12 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import time
+import tokenize
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -223,7 +225,7 @@ def check_cache(folder: Path) -> str | None:
         meta = _read_meta(folder)
         key = meta["key"]
         shape_expected = (len(meta["refs"]), int(key["channels"]), int(key["size"]), int(key["size"]))
-    except (DataError, KeyError, TypeError, ValueError) as exc:
+    except (DataError, KeyError, TypeError, ValueError, OverflowError) as exc:  # int(inf): OverflowError
         return f"{META_FILE} is not a cache description ({str(exc)[:80]})"
     images = folder / IMAGES_FILE
     if images.is_symlink() or not images.is_file():
@@ -234,11 +236,12 @@ def check_cache(folder: Path) -> str | None:
             reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = reader(handle)
             offset = handle.tell()
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, TypeError, tokenize.TokenError) as exc:
+        # numpy parses the header as a Python literal: a damaged one raises any of these
         return f"{IMAGES_FILE} has no readable .npy header ({str(exc)[:80]})"
     if tuple(shape) != shape_expected or dtype != np.uint8 or fortran:
         return f"{IMAGES_FILE} holds {tuple(shape)} {dtype}, expected {shape_expected} uint8"
-    size, wanted = images.stat().st_size, offset + int(np.prod(shape_expected))
+    size, wanted = images.stat().st_size, offset + math.prod(shape_expected)
     if size != wanted:
         return f"{IMAGES_FILE} is {size:,} bytes, its header says {wanted:,} (truncated or appended to)"
     return None

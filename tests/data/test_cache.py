@@ -254,12 +254,28 @@ def _edit_meta(folder: Path) -> None:
     (folder / cache_module.META_FILE).write_text(json.dumps(meta))
 
 
+def _damage_header(folder: Path) -> None:
+    images = folder / cache_module.IMAGES_FILE  # found by bench/fuzz.py: a raw tokenize.TokenError
+    data = images.read_bytes()
+    images.write_bytes(data.replace(b"), }", b",  }", 1))  # the shape's ")" gone, same length
+
+
+def _infinite_size(folder: Path) -> None:
+    meta = json.loads((folder / cache_module.META_FILE).read_text())
+    meta["key"]["size"] = float("inf")  # and a marker that matches: a crafted cache (raw OverflowError)
+    data = json.dumps(meta).encode()
+    (folder / cache_module.META_FILE).write_bytes(data)
+    (folder / cache_module.COMPLETE_FILE).write_text(cache_module._marker(data))
+
+
 BREAKAGES = {
     "images truncated to half": (_truncate_images, "truncated"),
     "images deleted": (lambda f: (f / cache_module.IMAGES_FILE).unlink(), "missing"),
     "meta corrupt": (_corrupt_meta, "digest"),
     "meta deleted": (lambda f: (f / cache_module.META_FILE).unlink(), "missing"),
     "meta edited": (_edit_meta, "digest"),
+    "images header damaged": (_damage_header, "header"),
+    "meta size infinite, digest rewritten": (_infinite_size, "not a cache description"),
 }
 
 

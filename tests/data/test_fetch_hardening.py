@@ -122,3 +122,30 @@ def test_a_corrupt_crc_is_one_line_and_the_archive_is_removed(tmp_path: Path) ->
             archive.read(archive.members[0])
     assert "\n" not in str(error.value)
     assert not path.exists(), "the next fetch downloads it again instead of reusing it"
+
+
+def test_a_corrupt_tar_xz_is_one_line_and_removed(tmp_path: Path) -> None:
+    """Found by bench/fuzz.py: a .tar.xz damaged near its end raised a raw LZMAError
+    ("Corrupt input data"), not the one-line DataError."""
+    import io
+    import random
+    import tarfile
+
+    import sslmed.data.fetch.unpack as unpack
+
+    path = tmp_path / "bad.tar.xz"
+    with tarfile.open(path, "w:xz") as tar:
+        info = tarfile.TarInfo("x.png")
+        info.size = 200_000  # incompressible: the member's compressed bytes are most of the file
+        tar.addfile(info, io.BytesIO(random.Random(0).randbytes(info.size)))
+    data = bytearray(path.read_bytes())
+    start = len(data) - 6000  # the end of the member's stream: the tar header still reads
+    for at in range(start, start + 8):
+        data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"bad\.tar\.xz: a damaged archive .*it was removed") as error:
+        with unpack.open_archive(path) as archive:
+            for member in archive.members:
+                archive.read(member)
+    assert "\n" not in str(error.value)
+    assert not path.exists()

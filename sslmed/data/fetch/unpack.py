@@ -17,6 +17,7 @@ import csv
 import errno
 import hashlib
 import io
+import lzma
 import os
 import re
 import shutil
@@ -118,6 +119,22 @@ class Archive:
         self.read = read
 
 
+#: what a damaged archive raises while it is opened or a member is read: zipfile, tarfile
+#: and the decompressors under them (gzip's BadGzipFile and bz2's "Invalid data stream" are
+#: OSErrors, lzma has its own; an unknown zip compression method is NotImplementedError, an
+#: encrypted member RuntimeError, a bad header field ValueError)
+DAMAGED = (
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+)
+
 #: an archive member larger than this (uncompressed) is refused: the largest image of the
 #: catalogue's sets is a few MB, its largest table a few; a zip bomb's member is gigabytes
 MAX_MEMBER_BYTES = 256 * 2**20
@@ -161,7 +178,7 @@ def open_archive(path: Path, want: Callable[[PurePosixPath], bool] = lambda m: T
                 try:
                     with zipped.open(info) as stream:
                         data = stream.read(MAX_MEMBER_BYTES + 1)
-                except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+                except DAMAGED as exc:
                     raise _damaged(path, exc) from None
                 if len(data) > MAX_MEMBER_BYTES:  # a header that lies about the size
                     raise _too_large(path, info.filename, f"over {MAX_MEMBER_BYTES:,}")
@@ -180,7 +197,7 @@ def open_archive(path: Path, want: Callable[[PurePosixPath], bool] = lambda m: T
             archive = Archive(list(data), data.__getitem__)
         else:
             raise DataError(f"{path}: neither a zip nor a tar archive; delete it and run the fetch again")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+    except DAMAGED as exc:
         if zipped is not None:
             zipped.close()
         raise _damaged(path, exc) from None
