@@ -125,7 +125,7 @@ class Predictor:
         where = meta_file(self.model_dir, MODEL_EXPORT)
         try:
             backbone = registry.build("backbone", self.meta["backbone"], in_channels=self.in_channels)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, UsageError) as exc:  # UsageError: an unknown name or option
             raise CheckpointError(f"{where}: backbone {self.meta['backbone']} cannot be built ({exc})") from None
         self.model = Classifier(backbone, len(self.classes))
         extras = self.meta.get("extras", {})

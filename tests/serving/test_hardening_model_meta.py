@@ -57,6 +57,9 @@ CASES = {
     "shape mismatch": (lambda m: m.update(classes=["a", "b"]), "size mismatch"),
     "nested": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     "a list": ("[1, 2]", "expected a JSON object"),
+    # found by bench/fuzz.py: a raw UsageError without the file's name
+    "backbone option unknown": (lambda m: m["backbone"].update(x=1), "cannot be built"),
+    "backbone name unknown": (lambda m: m["backbone"].update(name="nope"), "cannot be built"),
 }
 
 
