@@ -189,6 +189,8 @@ def _read_meta(folder: Path) -> dict[str, Any]:
         raise DataError(f"{folder / META_FILE}: not valid JSON ({str(exc)[:80]})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("refs"), list) or not isinstance(meta.get("key"), dict):
         raise DataError(f"{folder / META_FILE}: not an sslmed cache description (no key/refs)")
+    if not all(isinstance(ref, str) for ref in meta["refs"]):  # each ref is an image's name
+        raise DataError(f"{folder / META_FILE}: not an sslmed cache description (a ref that is not a name)")
     return meta
 
 

@@ -268,6 +268,14 @@ def _infinite_size(folder: Path) -> None:
     (folder / cache_module.COMPLETE_FILE).write_text(cache_module._marker(data))
 
 
+def _refs_not_names(folder: Path) -> None:
+    meta = json.loads((folder / cache_module.META_FILE).read_text())
+    meta["refs"][0] = []  # found by bench/fuzz.py, with a matching marker: a raw TypeError (unhashable)
+    data = json.dumps(meta).encode()
+    (folder / cache_module.META_FILE).write_bytes(data)
+    (folder / cache_module.COMPLETE_FILE).write_text(cache_module._marker(data))
+
+
 BREAKAGES = {
     "images truncated to half": (_truncate_images, "truncated"),
     "images deleted": (lambda f: (f / cache_module.IMAGES_FILE).unlink(), "missing"),
@@ -276,6 +284,7 @@ BREAKAGES = {
     "meta edited": (_edit_meta, "digest"),
     "images header damaged": (_damage_header, "header"),
     "meta size infinite, digest rewritten": (_infinite_size, "not a cache description"),
+    "a ref not a name, digest rewritten": (_refs_not_names, "not a cache description"),
 }
 
 
