@@ -77,11 +77,11 @@ def worst_images() -> dict[str, tuple[str, bytes, str]]:
     found["grey PNG 8-bit"] = ("grey8.png", png(Image.fromarray(_radiograph(side), "L")), f"{side}x{side} L")
     side = _side(1, 2)
     words = _radiograph(side).astype(np.uint16) * 257
-    found["16-bit PNG"] = ("grey16.png", png(Image.fromarray(words, "I;16")), f"{side}x{side} I;16")
+    found["16-bit PNG"] = ("grey16.png", png(Image.fromarray(words)), f"{side}x{side} I;16")
     side = _side(1, 4)
     floats = (_radiograph(side).astype(np.float32) / 255.0).astype(np.float32)
     out = io.BytesIO()
-    Image.fromarray(floats, "F").save(out, "TIFF", compression="tiff_adobe_deflate")
+    Image.fromarray(floats).save(out, "TIFF", compression="tiff_adobe_deflate")
     found["float TIFF"] = ("float.tif", out.getvalue(), f"{side}x{side} F (float32), deflate")
     side = _side(1, 2)
     ds = dicom_dataset(side, side, syntax=DeflatedExplicitVRLittleEndian, bits_stored=12)
