@@ -35,7 +35,8 @@ import torch
 
 from sslmed.core.errors import DataError, SslmedError, UsageError
 from sslmed.data.adapters import IMAGE_SUFFIXES
-from sslmed.serving.predict import Predictor
+from sslmed.evaluation.ood import input_statistics
+from sslmed.serving.predict import Prediction, Predictor
 
 PARTIAL = ".partial"
 EMBEDDING_FORMATS = (".npy", ".parquet")
@@ -96,7 +97,8 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> list[tuple[in
 @dataclass
 class Batch:
     """One batch's rows: input indices, errors ("" when read), and for the rows that
-    were read (``ok``) their probabilities, features and OOD scores."""
+    were read (``ok``) their probabilities, features, OOD scores and input-gate scores
+    (None where the export has no such check)."""
 
     indices: list[int]
     errors: list[str]
@@ -104,6 +106,7 @@ class Batch:
     probabilities: np.ndarray
     features: np.ndarray
     scores: np.ndarray | None
+    gates: np.ndarray | None = None
 
 
 def batches(predictor: Predictor, files: list[Path], todo: list[int], batch_size: int, workers: int) -> Iterator[Batch]:
@@ -118,11 +121,14 @@ def batches(predictor: Predictor, files: list[Path], todo: list[int], batch_size
     for items in loader:
         ok = [i for i, (_, tensor, _) in enumerate(items) if tensor is not None]
         if ok:
-            probabilities, features, scores = predictor.forward_batch(torch.stack([items[i][1] for i in ok]))
+            inputs = torch.stack([items[i][1] for i in ok])
+            probabilities, features, scores = predictor.forward_batch(inputs)
+            # the same two checks as Prediction.ood_flag: feature distance, or the input gate
+            gates = predictor.gate.score(input_statistics(inputs)) if predictor.gate is not None else None
         else:
             probabilities = features = np.zeros((0, 0), dtype=np.float32)
-            scores = None
-        yield Batch([it[0] for it in items], [it[2] for it in items], ok, probabilities, features, scores)
+            scores = gates = None
+        yield Batch([it[0] for it in items], [it[2] for it in items], ok, probabilities, features, scores, gates)
 
 
 def _progress(total: int, done: int, show: bool) -> Any:
@@ -179,6 +185,7 @@ def predict_archive(
     todo = [i for i, name in enumerate(names) if name not in done]
     mode = "a" if done or partial.is_file() else "w"
     threshold = predictor.ood.threshold if predictor.ood is not None else None
+    gate_threshold = predictor.gate.threshold if predictor.gate is not None else None
     with open(partial, mode, newline="", encoding="utf-8") as handle, _progress(len(names), len(done), progress) as bar:
         writer = csv.writer(handle)
         if mode == "w":
@@ -192,13 +199,15 @@ def predict_archive(
                     continue
                 row = batch.probabilities[position[b]]
                 score = None if batch.scores is None else float(batch.scores[position[b]])
+                gate = None if batch.gates is None else float(batch.gates[position[b]])
+                flagged = Prediction({}, False, score, threshold, gate, gate_threshold).ood_flag
                 writer.writerow(
                     [
                         names[index],
                         *[f"{p:.6f}" for p in row],
                         predictor.classes[int(row.argmax())],
                         "" if score is None else f"{score:.4f}",
-                        "" if score is None or threshold is None else str(score > threshold).lower(),
+                        "" if flagged is None else str(flagged).lower(),
                         "",
                     ]
                 )

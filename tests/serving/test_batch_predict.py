@@ -147,3 +147,20 @@ def test_embeddings_npy_parquet_and_resume(
 
 def _embed(predictor: Predictor, path: Path) -> np.ndarray:
     return predictor.forward_batch(predictor.model_input(predictor.load(path)))[1][0]
+
+
+def test_the_archive_flag_is_the_predictors_own_both_checks(model_dir: Path, archive: Path, tmp_path: Path) -> None:
+    """An image flagged only by the input-statistics gate is flagged in the CSV too, as on
+    the page and in `sslmed predict` (one flag, two checks)."""
+    predictor = Predictor(model_dir, device="cpu")
+    assert predictor.ood is not None and predictor.gate is not None, "the test export has both checks"
+    predictor.ood.threshold = float("inf")  # the feature distance flags nothing
+    predictor.gate.threshold = float("-inf")  # the gate flags everything
+    out = tmp_path / "flags.csv"
+    batch_predict.predict_archive(predictor, archive, out, batch_size=4, workers=0, progress=False)
+    rows = [r for r in read_rows(out) if not r["error"]]
+    assert len(rows) == 7 and {r["ood_flag"] for r in rows} == {"true"}
+    predictor.gate.threshold = float("inf")
+    again = tmp_path / "quiet.csv"
+    batch_predict.predict_archive(predictor, archive, again, batch_size=4, workers=0, progress=False)
+    assert {r["ood_flag"] for r in read_rows(again) if not r["error"]} == {"false"}
