@@ -149,3 +149,16 @@ def test_a_corrupt_tar_xz_is_one_line_and_removed(tmp_path: Path) -> None:
                 archive.read(member)
     assert "\n" not in str(error.value)
     assert not path.exists()
+
+
+def test_a_data_root_that_cannot_hold_files_is_one_clear_line() -> None:
+    """`sslmed data fetch covid3 --root /proc/self` ended in a raw FileNotFoundError."""
+    from click.testing import CliRunner
+
+    from sslmed.app.cli import cli
+
+    result = CliRunner().invoke(cli, ["data", "fetch", "covid3", "--root", "/proc/self"])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error")]
+    assert lines and "cannot write downloads in /proc/self/.downloads" in lines[-1], result.output
+    assert "FileNotFoundError" not in result.output and "Traceback" not in result.output

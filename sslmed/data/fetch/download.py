@@ -181,7 +181,12 @@ def download(
     is retried ``retries`` times, each resuming where the last stopped; after that a
     :class:`DataError` says what happened and that the next fetch resumes.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. --root /proc/self, a read-only or missing parent
+        raise DataError(
+            f"cannot write downloads in {folder}: {exc.strerror or exc} (choose another --root, a folder you can write)"
+        ) from None
     target = folder / item.filename
     if target.is_file():
         try:
