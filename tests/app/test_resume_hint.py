@@ -13,19 +13,9 @@ from sslmed.app.prepare import load_recipe_file
 from sslmed.app.runner import recipe_document, resolve_resume, resume_hint
 from sslmed.artifacts.rundir import RunDir
 from sslmed.core.errors import RunInterrupted, UsageError
+from sslmed.testing.recipes import ONE_STEP
 
-RECIPE = """\
-name: q
-data:
-  images: {name: image_folder, path: /nowhere}
-steps:
-  - name: first
-    data: images
-    backbone: {name: resnet18}
-    objective: {name: simclr}
-    augmentations: [{name: simclr}]
-    epochs: 2
-"""
+RECIPE = ONE_STEP.replace("name: good", "name: q", 1)
 OVERRIDES = ("steps.0.epochs=15", "name=q15")
 
 

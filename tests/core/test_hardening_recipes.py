@@ -13,19 +13,9 @@ from sslmed.app.cli import cli
 from sslmed.core.errors import RecipeError, UsageError
 from sslmed.core.plugins import get_registry
 from sslmed.core.recipe import MAX_YAML_DEPTH, load_raw, load_recipe, parse_override
+from sslmed.testing.recipes import ONE_STEP
 
-GOOD = """\
-name: good
-data:
-  images: {name: image_folder, path: /nowhere}
-steps:
-  - name: first
-    data: images
-    backbone: &net {name: resnet18}
-    objective: {name: simclr}
-    augmentations: [{name: simclr}]
-    epochs: 2
-"""
+GOOD = ONE_STEP
 
 
 def billion_laughs(levels: int = 9, width: int = 9) -> str:
