@@ -108,7 +108,8 @@ def test_trains_resumes_exports_predicts_on_real_data(kind: str, data_dir: Path,
     assert np.abs(onnx["probabilities"] - predictor.forward_batch(x)[0]).max() <= 1e-4
     if kind == "cnn":
         cam = grad_cam(predictor.model, x)
-        assert cam.cam.shape == (1, 1) and cam.probabilities.shape == (2,)
+        # 32 px leaves resnet10t's stages under 4x4 positions: no map, and the caption says why
+        assert cam.cam is None and "not shown" in cam.caption() and cam.probabilities.shape == (2,)
     else:  # timm's ViT pools its class token: Grad-CAM says why it has no map
         with pytest.raises(UsageError, match="global_pool: avg"):
             grad_cam(predictor.model, x)
