@@ -37,7 +37,7 @@ RESULTS_JSON, RESULTS_CSV, RESULTS_MD = "results.json", "results.csv", "results.
 RELIABILITY = "reliability.png"  # the exported probe's reliability diagram (before/after calibration)
 STEPS, MODEL, SPLITS, SKIPPED = "steps", "model", "splits", "skipped"
 #: inside a step folder: Lightning's checkpoints and the CSV logger's folder
-CHECKPOINTS, LAST_CHECKPOINT, LOGS = "checkpoints", "last.ckpt", "logs"
+CHECKPOINTS, LAST_CHECKPOINT, LOGS, SNAPSHOTS = "checkpoints", "last.ckpt", "logs", "snapshots"
 #: an export: ``<prefix>.safetensors`` (weights) beside ``<prefix>.json`` (what they are)
 BACKBONE, MODEL_EXPORT = "backbone", "model"
 WEIGHTS_SUFFIX, META_SUFFIX = ".safetensors", ".json"
@@ -84,6 +84,15 @@ class StepDir:
     @property
     def backbone_meta(self) -> Path:
         return meta_file(self.path, BACKBONE)
+
+    @property
+    def snapshots(self) -> Path:
+        """``snapshots/``: backbone exports taken along the way (``snapshot_every_n_epochs``)."""
+        return self.path / SNAPSHOTS
+
+    def snapshot(self, epoch: int) -> Path:
+        """``snapshots/epoch<E>/``: the backbone at the end of epoch ``epoch`` (counted from 1)."""
+        return self.snapshots / f"epoch{epoch:03d}"
 
     def extra_weights(self, name: str) -> Path:
         """``<name>.safetensors``: a module exported beside the backbone (a CRSM decoder)."""

@@ -173,6 +173,13 @@ class StepSettings(_Strict):
         description="keep the step's Lightning checkpoints after it finished (they resume an unfinished step only; "
         "the exported backbone is kept either way)",
     )
+    snapshot_every_n_epochs: Int | None = Field(
+        None,
+        ge=1,
+        description="also export the backbone at the end of every N-th epoch, to steps/<name>/snapshots/epoch<E>/ "
+        "(each a backbone export that init_from and `sslmed eval` take): probe them to see accuracy against images "
+        "seen",
+    )
     cache: str = Field(
         "auto",
         min_length=1,

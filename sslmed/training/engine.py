@@ -51,6 +51,7 @@ from sslmed.data.cache import CachedImageDataset, DecodedImageDataset, ImageCach
 from sslmed.data.readers import ImageDataset
 from sslmed.data.sources import ImageSource
 from sslmed.training.methods import SSLMethod
+from sslmed.training.precision import resolve_precision
 from sslmed.training.transforms import BatchedViewPipeline, build_batched_pipeline, build_view_pipeline, image_mode
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,42 @@ class EpochSeed(Callback):
             self.seed_epoch(trainer.current_epoch)
 
 
+def export_meta(step: StepSettings, method: SSLMethod, epochs: int, global_step: int, world_size: int) -> dict[str, Any]:
+    """What ``backbone.json`` says of an export: the backbone's identity and how far it trained."""
+    return {
+        **backbone_identity(step),
+        "step": step.name,
+        "image_size": step.image_size,
+        "objective": step.objective.spec(),
+        "epochs": epochs,
+        "global_step": global_step,
+        "world_size": world_size,
+        "exported_backbone": method.exported_backbone,
+        "precision": resolve_precision(step.precision, step.accelerator),
+    }
+
+
+class BackboneSnapshots(Callback):
+    """Export the backbone at the end of every ``every``-th epoch to ``snapshots/epoch<E>/``.
+
+    Each snapshot is a complete backbone export (what ``init_from`` and evaluation read),
+    written atomically, so probing them gives accuracy against images seen without
+    keeping Lightning checkpoints (which hold optimiser state, and only the newest two).
+    A resumed step writes the snapshots of the epochs it redoes again, with the same
+    weights, since resume is exact."""
+
+    def __init__(self, step: StepSettings, directory: Path, every: int) -> None:
+        self.step, self.directory, self.every = step, directory, every
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every or not trainer.is_global_zero:
+            return
+        method = cast(SSLMethod, pl_module)
+        meta = export_meta(self.step, method, epoch, trainer.global_step, trainer.world_size)
+        save_backbone(StepDir(self.directory).snapshot(epoch), method.export_backbone(), meta)
+
+
 def make_trainer(step: StepSettings, directory: Path, progress: bool = True) -> L.Trainer:
     """A Lightning Trainer configured from the step's settings."""
     checkpoints = ModelCheckpoint(
@@ -253,11 +290,13 @@ def make_trainer(step: StepSettings, directory: Path, progress: bool = True) -> 
         devices=step.devices,
         strategy=step.strategy,
         num_nodes=step.num_nodes,
-        precision=cast(Any, step.precision),  # the recipe holds a string; Lightning checks the value
+        # the recipe holds a string; Lightning checks the value
+        precision=cast(Any, resolve_precision(step.precision, step.accelerator)),
         sync_batchnorm=step.sync_batchnorm,
         default_root_dir=directory,
         logger=CSVLogger(directory, name=LOGS, version=""),  # -> StepDir.metrics_csv
-        callbacks=[checkpoints, EpochSeed(step.seed)],
+        callbacks=[checkpoints, EpochSeed(step.seed)]
+        + ([BackboneSnapshots(step, directory, step.snapshot_every_n_epochs)] if step.snapshot_every_n_epochs else []),
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=step.log_every_n_steps,
         enable_model_summary=False,
@@ -383,14 +422,7 @@ def train_step(
             directory,
             method.export_backbone(),
             {  # written last: marks the step done
-                **backbone_identity(step),
-                "step": step.name,
-                "image_size": step.image_size,
-                "objective": step.objective.spec(),
-                "epochs": trainer.current_epoch,
-                "global_step": trainer.global_step,
-                "world_size": trainer.world_size,
-                "exported_backbone": method.exported_backbone,
+                **export_meta(step, method, trainer.current_epoch, trainer.global_step, trainer.world_size),
                 "extras": {name: description for name, (_module, description) in extras.items()},
             },
         )

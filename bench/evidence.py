@@ -1,0 +1,513 @@
+"""The reference encoder and its curve: frozen-probe accuracy against images seen.
+
+One long pre-training on ``cxr_corpus`` (less every target image) that exports its
+backbone every ``--snapshot-every`` epochs (``snapshot_every_n_epochs``), then every
+snapshot probed on kermany's official test split (linear probe with 10% and 100% of the
+train labels, balanced class weights, regularisation chosen on validation), next to the
+same network at random initialisation and a probe on the raw pixels (computed once),
+and the final export also fine-tuned (10% and 100% of the labels, pre-trained vs random
+init) and probed on covid3. Each probe is its own ``sslmed run`` (``init_from`` the
+snapshot, ``max_steps: 0``), skipped when done, so an interrupted sweep continues where
+it stopped; ``summary`` writes the curve (``curve.json``, ``curve.md``) from whatever
+has finished and never extrapolates.
+
+    python bench/evidence.py train   --out /work/exp/reference --epochs 46 --precision bf16-mixed
+    python bench/evidence.py probe   --out /work/exp/reference
+    python bench/evidence.py summary --out /work/exp/reference --results bench/results/reference-20261202
+    python bench/evidence.py all     --out /work/exp/reference ...   # the three in order
+
+Images seen are counted as images (each gives two views), epochs x corpus size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from thesis_grid import DATA  # noqa: E402  (bench scripts share the grid's data definitions)
+
+from sslmed.artifacts.rundir import RunDir  # noqa: E402
+from sslmed.core.recipe import load_raw  # noqa: E402
+from sslmed.data.roots import resolve_data_root  # noqa: E402
+from sslmed.evaluation.comparisons import compare, interval  # noqa: E402
+from sslmed.report.stats import pick_row  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS_IMAGES = 21_708  # cxr_corpus less the 840 images that repeat a target image (docs/results.md)
+
+#: the comparison's methods in the order they run (most wanted first) -> the recipe their
+#: objective, augmentations and reconstruction come from; SimCLR as the quick start ships it
+COMPARED = {
+    "simclr": "quickstart",
+    "simclr_mdre": "simclr_mdre",
+    "crsm": "crsm",
+    "byol": "byol",
+    "vicreg": "vicreg",
+    "barlow_twins": "barlow_twins",
+    "moco": "moco",
+    "simsiam": "simsiam",
+    "dino": "dino",
+    "fastsiam": "fastsiam",
+    "simclr_erasing": "simclr_erasing",
+}
+
+
+def method_parts(method: str) -> dict[str, Any]:
+    """Objective, augmentations (and reconstruction) of a method, as its shipped recipe sets them."""
+    raw, _lines = load_raw(REPO / "recipes" / f"{COMPARED[method]}.yaml")
+    step = raw["steps"][0]
+    return {k: step[k] for k in ("objective", "augmentations", "reconstruction") if step.get(k)}
+
+
+METHODS = {name: method_parts(name) for name in COMPARED}
+
+
+def _call(command: list[str], log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as handle:
+        handle.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+        handle.flush()
+        return subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ})
+
+
+def _sslmed_run(recipe: dict[str, Any], path: Path, run_dir: Path, log: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    command = [sys.executable, "-m", "sslmed.app.cli", "-q", "run", str(path), "--run-dir", str(run_dir)]
+    if (run_dir / "manifest.json").is_file() and not (run_dir / "results.json").is_file():
+        command.append("--resume")
+    return _call(command, log)
+
+
+def backbone(args: argparse.Namespace) -> dict[str, Any]:
+    return {"name": "resnet18"}  # standard stem, as the quick start
+
+
+def train_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "data_root": str(resolve_data_root(None)),
+        "name": "reference",
+        "description": f"{args.method} on cxr_corpus for {args.epochs} epochs, snapshots every {args.snapshot_every}",
+        "data": {"cxr_corpus": DATA["cxr_corpus"]},
+        "steps": [
+            {
+                "name": "corpus",
+                "data": "cxr_corpus",
+                "backbone": backbone(args),
+                **METHODS[args.method],
+                "image_size": args.image_size,
+                "batch_size": args.batch_size,
+                "epochs": args.epochs,
+                "optimizer": {"name": "adamw", "lr": args.lr, "weight_decay": 0.0001},
+                "schedule": {"name": "cosine", "warmup_epochs": 0.5},
+                "precision": args.precision,
+                "num_workers": args.workers,
+                "seed": args.seed,
+                "snapshot_every_n_epochs": args.snapshot_every,
+                "max_steps": args.max_steps,
+                "log_every_n_steps": 20,
+            }
+        ],
+    }
+
+
+def train(args: argparse.Namespace) -> int:
+    """The long pre-training (resumed from its newest epoch checkpoint when started again)."""
+    out = Path(args.out)
+    run_dir = out / "train"
+    if (run_dir / "steps" / "corpus" / "backbone.json").is_file():
+        print("train: done before", flush=True)
+        return 0
+    started = time.perf_counter()
+    code = _sslmed_run(train_recipe(args), out / "recipes" / "train.yaml", run_dir, out / "logs" / "train.log")
+    _write_json(out / "train_time.json", {"seconds": round(time.perf_counter() - started, 1), "exit": code})
+    print(f"[{time.strftime('%H:%M:%S')}] train: exit {code}", flush=True)
+    return code
+
+
+def snapshots(out: Path) -> list[tuple[str, Path, int]]:
+    """``(name, export folder, epochs)`` of every snapshot and of the final export, in order."""
+    step = out / "train" / "steps" / "corpus"
+    found = []
+    for folder in sorted((step / "snapshots").glob("epoch*")):
+        if (folder / "backbone.json").is_file():
+            found.append((folder.name, folder, int(json.loads((folder / "backbone.json").read_text())["epochs"])))
+    if (step / "backbone.json").is_file():
+        epochs = int(json.loads((step / "backbone.json").read_text())["epochs"])
+        if not found or found[-1][2] != epochs:
+            found.append(("final", step, epochs))
+        else:
+            found[-1] = ("final", step, epochs)
+    return found
+
+
+def probe_recipe(
+    export: Path,
+    target: str,
+    image_size: int,
+    references: bool,
+    finetune: bool,
+    args: argparse.Namespace,
+    method: str | None = None,
+) -> dict[str, Any]:
+    evaluation: dict[str, Any] = {
+        "data": target,
+        "probes": ["linear"],
+        "label_fractions": [0.1, 1.0],
+        "baselines": ["random_init", "raw_pixels"] if references else [],
+        "trust": False,
+        "seed": 0,
+    }
+    if finetune:
+        evaluation["finetune"] = {"epochs": 10, "batch_size": 64, "patience": 3, "label_fractions": [0.1, 1.0]}
+        evaluation["baselines"] = ["random_init", "raw_pixels"]  # fine-tuning compares with random init
+    return {
+        "data_root": str(resolve_data_root(None)),
+        "name": "probe",
+        "data": {target: DATA[target]},
+        "steps": [
+            {
+                "name": "probe",
+                "data": target,
+                "init_from": str(export),
+                "backbone": backbone(args),
+                **METHODS[method or args.method],
+                "image_size": image_size,
+                "max_steps": 0,
+                "precision": args.precision,
+            }
+        ],
+        "evaluation": evaluation,
+    }
+
+
+def probe(args: argparse.Namespace) -> int:
+    """Probe every snapshot not probed yet (newest first after the first and the final, so
+    that a short session still gets both ends of the curve)."""
+    out = Path(args.out)
+    found = snapshots(out)
+    if not found:
+        print("probe: no snapshot yet", flush=True)
+        return 1
+    order = [found[0]] + ([found[-1]] if len(found) > 1 else []) + found[1:-1][::-1]
+    failures = 0
+    for name, export, _epochs in order:
+        final = name == "final"
+        for target in ["kermany"] + (["covid3"] if final else []):
+            run_dir = out / "probes" / f"{target}__{name}"
+            if (run_dir / "results.json").is_file():
+                continue
+            references = final  # the reference rows (random init, raw pixels) come with the final export's probes
+            recipe = probe_recipe(export, target, args.image_size, references, final and target == "kermany", args)
+            started = time.perf_counter()
+            code = _sslmed_run(recipe, out / "recipes" / f"{target}__{name}.yaml", run_dir, out / "logs" / "probes.log")
+            seconds = time.perf_counter() - started
+            print(f"[{time.strftime('%H:%M:%S')}] probe {target} {name}: exit {code} in {seconds:.0f} s", flush=True)
+            failures += code != 0
+            if args.results:
+                summary(args)  # every finished probe reaches the results at once
+    return 1 if failures else 0
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _rows(run_dir: Path) -> list[dict[str, Any]]:
+    if not (run_dir / "results.json").is_file():
+        return []
+    return list(RunDir(run_dir).read_results().get("rows", []))
+
+
+def _metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """Balanced accuracy and AUC with 95% bootstrap intervals over the test images."""
+    y = row["test_predictions"]["y_true"]
+    proba = row["test_predictions"]["proba"]
+    acc = interval(y, [proba], "balanced_accuracy")
+    auc = interval(y, [proba], "macro_auc")
+    return {"balanced_accuracy": acc, "macro_auc": auc}
+
+
+def loss_curve(out: Path) -> list[dict[str, float]]:
+    """Mean training loss per epoch, from the step's ``logs/metrics.csv``."""
+    path = out / "train" / "steps" / "corpus" / "logs" / "metrics.csv"
+    if not path.is_file():
+        return []
+    per_epoch: dict[int, list[float]] = {}
+    with open(path, newline="") as handle:
+        for record in csv.DictReader(handle):
+            value = record.get("train/loss_step") or record.get("train/loss")
+            if record.get("epoch") and value:
+                per_epoch.setdefault(int(float(record["epoch"])), []).append(float(value))
+    return [
+        {"epoch": e + 1, "images_seen": (e + 1) * CORPUS_IMAGES, "loss": sum(v) / len(v)}
+        for e, v in sorted(per_epoch.items())
+    ]
+
+
+def summary(args: argparse.Namespace) -> int:
+    """``curve.json`` and ``curve.md`` from every probe that finished."""
+    out = Path(args.out)
+    references: dict[tuple[str, float], dict[str, Any]] = {}
+    final_rows = _rows(out / "probes" / "kermany__final")
+    for model in ("random_init", "raw_pixels"):
+        for fraction in (0.1, 1.0):
+            row = pick_row(final_rows, model, "linear", fraction)
+            if row:
+                references[(model, fraction)] = row
+    points = []
+    for name, _export, epochs in snapshots(out):
+        rows = _rows(out / "probes" / f"kermany__{name}")
+        if not rows:
+            continue
+        point: dict[str, Any] = {"snapshot": name, "epochs": epochs, "images_seen": epochs * CORPUS_IMAGES}
+        for fraction in (0.1, 1.0):
+            row = pick_row(rows, "sslmed", "linear", fraction)
+            if row is None:
+                continue
+            entry: dict[str, Any] = _metrics(row)
+            y = row["test_predictions"]["y_true"]
+            for model in ("random_init", "raw_pixels"):
+                ref = references.get((model, fraction))
+                if ref and ref["test_predictions"]["y_true"] == y:
+                    gain = compare(y, [row["test_predictions"]["proba"]], [ref["test_predictions"]["proba"]])
+                    entry[f"gain_over_{model}"] = {"text": gain.text(), "verdict": gain.verdict, **gain.__dict__}
+            point[f"linear_{fraction:g}"] = entry
+        points.append(point)
+    doc = {
+        "what": "reference encoder: frozen linear probe on kermany's test split against images seen",
+        "settings": train_recipe(args)["steps"][0],
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(),
+        "train_time": json.loads((out / "train_time.json").read_text()) if (out / "train_time.json").is_file() else None,
+        "loss_per_epoch": loss_curve(out),
+        "references": {
+            f"{model}_{fraction:g}": _metrics(row) for (model, fraction), row in sorted(references.items())
+        },
+        "curve": points,
+        "final": {
+            target: [
+                {k: r[k] for k in ("model", "probe", "label_fraction") if k in r} | {"metrics": _metrics(r)}
+                for r in _rows(out / "probes" / f"{target}__final")
+                if r.get("test_predictions")
+            ]
+            for target in ("kermany", "covid3")
+        },
+    }
+    results = Path(args.results) if args.results else out
+    _write_json(results / "curve.json", doc)
+    (results / "curve.md").write_text(render(doc) + "\n")
+    recipe = out / "recipes" / "train.yaml"
+    if recipe.is_file():
+        shutil.copyfile(recipe, results / "train.yaml")
+    return 0
+
+
+def compare_recipe(method: str, args: argparse.Namespace, references: bool) -> dict[str, Any]:
+    """Pre-train ``method`` on the corpus for ``--compare-epochs``, then probe on kermany."""
+    step = train_recipe(args)["steps"][0] | METHODS[method]
+    step.update(epochs=args.compare_epochs, snapshot_every_n_epochs=None)
+    evaluation: dict[str, Any] = {
+        "data": "kermany",
+        "probes": ["linear"],
+        "label_fractions": [0.01, 0.1, 1.0],
+        "baselines": ["random_init", "raw_pixels"] if references else [],
+        "finetune": {"epochs": 4, "batch_size": 64, "patience": 2, "label_fractions": [0.1]},
+        "trust": False,
+        "seed": 0,
+    }
+    return {
+        "data_root": str(resolve_data_root(None)),
+        "name": f"compare_{method}",
+        "data": {"cxr_corpus": DATA["cxr_corpus"], "kermany": DATA["kermany"]},
+        "steps": [step],
+        "evaluation": evaluation,
+    }
+
+
+def comparison(args: argparse.Namespace) -> int:
+    """Every method of ``--methods`` for the same images seen, probed on kermany (and covid3)."""
+    out = Path(args.out) / "compare"
+    failures = 0
+    for method in args.methods.split(","):
+        run_dir = out / "runs" / method
+        if not (run_dir / "results.json").is_file():
+            started = time.perf_counter()
+            recipe = compare_recipe(method, args, references=method == "simclr")
+            code = _sslmed_run(recipe, out / "recipes" / f"{method}.yaml", run_dir, out / "logs" / f"{method}.log")
+            seconds = round(time.perf_counter() - started, 1)
+            _write_json(out / "times" / f"{method}.json", {"seconds": seconds, "exit": code})
+            print(f"[{time.strftime('%H:%M:%S')}] compare {method}: exit {code} in {seconds:.0f} s", flush=True)
+            failures += code != 0
+        export = run_dir / "steps" / "corpus"
+        covid = out / "runs" / f"covid3__{method}"
+        if (export / "backbone.json").is_file() and not (covid / "results.json").is_file():
+            recipe = probe_recipe(export, "covid3", args.image_size, method == "simclr", False, args, method)
+            code = _sslmed_run(recipe, out / "recipes" / f"covid3__{method}.yaml", covid, out / "logs" / "covid3.log")
+            failures += code != 0
+        if args.results:
+            comparison_summary(args)
+    return 1 if failures else 0
+
+
+def comparison_summary(args: argparse.Namespace) -> int:
+    """``comparison.json`` and ``comparison.md``: each finished method next to the references."""
+    out = Path(args.out) / "compare"
+    doc: dict[str, Any] = {"settings": {k: v for k, v in compare_recipe("simclr", args, True)["steps"][0].items()}}
+    doc["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
+    table: dict[str, Any] = {}
+    refs = {t: _rows(out / "runs" / ("simclr" if t == "kermany" else "covid3__simclr")) for t in ("kermany", "covid3")}
+    for method in COMPARED:
+        for target, run_dir in (("kermany", out / "runs" / method), ("covid3", out / "runs" / f"covid3__{method}")):
+            rows = _rows(run_dir)
+            if not rows:
+                continue
+            entry = table.setdefault(method, {})
+            time_file = out / "times" / f"{method}.json"
+            if time_file.is_file():
+                entry["seconds"] = json.loads(time_file.read_text())["seconds"]
+            for probe_name, fraction in (("linear", 0.01), ("linear", 0.1), ("linear", 1.0), ("fine-tune", 0.1)):
+                row = pick_row(rows, "sslmed", probe_name, fraction)
+                if row is None or not row.get("test_predictions"):
+                    continue
+                cell: dict[str, Any] = _metrics(row)
+                y = row["test_predictions"]["y_true"]
+                for model in ("random_init", "raw_pixels"):
+                    ref = pick_row(refs[target], model, probe_name, fraction)
+                    if ref and ref.get("test_predictions") and ref["test_predictions"]["y_true"] == y:
+                        gain = compare(y, [row["test_predictions"]["proba"]], [ref["test_predictions"]["proba"]])
+                        cell[f"gain_over_{model}"] = {"text": gain.text(), "verdict": gain.verdict}
+                entry[f"{target}/{probe_name}_{fraction:g}"] = cell
+    for target in ("kermany", "covid3"):
+        for model in ("random_init", "raw_pixels"):
+            for probe_name, fraction in (("linear", 0.01), ("linear", 0.1), ("linear", 1.0), ("fine-tune", 0.1)):
+                row = pick_row(refs[target], model, probe_name, fraction)
+                if row and row.get("test_predictions"):
+                    table.setdefault(model, {})[f"{target}/{probe_name}_{fraction:g}"] = _metrics(row)
+    doc["table"] = table
+    results = Path(args.results) if args.results else out
+    _write_json(results / "comparison.json", doc)
+    columns = ["kermany/linear_0.01", "kermany/linear_0.1", "kermany/linear_1", "kermany/fine-tune_0.1"]
+    columns += ["covid3/linear_0.1", "covid3/linear_1"]
+    lines = [
+        "# Method comparison at the same images seen",
+        "",
+        f"Balanced accuracy [95% bootstrap interval over test images]; settings `{json.dumps(doc['settings'])}`.",
+        "",
+        "| method | pre-training s | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for method, entry in table.items():
+        cells = [method, str(entry.get("seconds", "-"))]
+        for column in columns:
+            cell = entry.get(column)
+            if not cell:
+                cells.append("-")
+                continue
+            text = _fmt(cell["balanced_accuracy"])
+            gain = cell.get("gain_over_random_init")
+            cells.append(text + (f"; vs random init {gain['text']}" if gain else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    (results / "comparison.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def _fmt(triple: Any) -> str:
+    mean, low, high = triple
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def render(doc: dict[str, Any]) -> str:
+    lines = [
+        "# Reference encoder: accuracy against images seen",
+        "",
+        f"Commit `{doc['commit'][:10]}`; settings: `{json.dumps(doc['settings'], sort_keys=True)}`.",
+        "",
+        "kermany official test split (624 images), frozen linear probe, balanced class weights;",
+        "balanced accuracy and macro AUC with 95% bootstrap intervals over test images; gains paired.",
+        "",
+        "| snapshot | epochs | images seen | linear 10%: bal. acc | AUC | gain over random init | linear 100%: bal. acc"
+        " | AUC | gain over random init | gain over raw pixels |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in doc["curve"]:
+        cells = [p["snapshot"], str(p["epochs"]), f"{p['images_seen']:,}"]
+        for fraction in ("0.1", "1"):
+            e = p.get(f"linear_{fraction}")
+            if not e:
+                cells += ["-", "-", "-"] + (["-"] if fraction == "1" else [])
+                continue
+            cells += [_fmt(e["balanced_accuracy"]), _fmt(e["macro_auc"])]
+            cells.append(e.get("gain_over_random_init", {}).get("text", "-"))
+            if fraction == "1":
+                cells.append(e.get("gain_over_raw_pixels", {}).get("text", "-"))
+        lines.append("| " + " | ".join(cells) + " |")
+    if doc["references"]:
+        lines += ["", "References (computed once, with the final probe):", ""]
+        for name, m in doc["references"].items():
+            lines.append(f"- {name}: balanced accuracy {_fmt(m['balanced_accuracy'])}, AUC {_fmt(m['macro_auc'])}")
+    for target, rows in doc["final"].items():
+        if rows:
+            lines += ["", f"Final export on {target}:", ""]
+            for r in rows:
+                m = r["metrics"]
+                lines.append(
+                    f"- {r['model']} {r['probe']} {float(r['label_fraction']):.0%}: balanced accuracy "
+                    f"{_fmt(m['balanced_accuracy'])}, AUC {_fmt(m['macro_auc'])}"
+                )
+    if doc["loss_per_epoch"]:
+        lines += ["", "Training loss per epoch: " + ", ".join(f"{e['loss']:.3f}" for e in doc["loss_per_epoch"])]
+    if doc["train_time"]:
+        lines += ["", f"Pre-training wall time: {doc['train_time']['seconds']:.0f} s (exit {doc['train_time']['exit']})."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["train", "probe", "summary", "all", "compare", "compare-summary"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--results", help="where summary writes curve.json/curve.md (default: --out)")
+    parser.add_argument("--method", choices=sorted(METHODS), default="simclr")
+    parser.add_argument("--epochs", type=int, default=46)
+    parser.add_argument("--snapshot-every", type=int, default=5)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.002)
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=-1, help="a smoke test's cap on optimiser steps")
+    parser.add_argument("--compare-epochs", type=int, default=10, help="10 x 21,708 = 217,080 images per method")
+    parser.add_argument("--methods", default=",".join(COMPARED), help="compare: which, in order")
+    args = parser.parse_args()
+    if args.command == "compare":
+        return comparison(args)
+    if args.command == "compare-summary":
+        return comparison_summary(args)
+    if args.command == "train":
+        return train(args)
+    if args.command == "probe":
+        return probe(args)
+    if args.command == "summary":
+        return summary(args)
+    code = train(args)
+    probe(args)
+    summary(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
