@@ -151,6 +151,35 @@ def test_a_corrupt_tar_xz_is_one_line_and_removed(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+# ------------------------------------------------------------ the image count
+
+
+def test_the_image_count_accepts_90_percent_and_more_and_refuses_less(tmp_path: Path) -> None:
+    """A copy may hold more images than the catalogue (cxr_corpus's full database) or a
+    few fewer; under 90% it is refused, naming a pinned or hand-downloaded file, kept."""
+    from dataclasses import replace
+
+    from sslmed.data.catalog import CATALOG
+    from sslmed.data.fetch import check_image_count
+
+    entry = replace(CATALOG["not_cxr"], images=20)  # MedNIST: pinned, so the archive is kept
+    files = {"MedNIST.tar.gz": tmp_path / "MedNIST.tar.gz"}
+    files["MedNIST.tar.gz"].write_bytes(b"archive")
+    assert entry.min_images == 18
+    for found in (18, 20, 25):
+        check_image_count(entry, found, files, tmp_path / "not_cxr")
+    with pytest.raises(
+        DataError, match=r"not_cxr: the prepared copy holds 17 images, the catalogue expects 20 "
+    ) as error:
+        check_image_count(entry, 17, files, tmp_path / "not_cxr")
+    assert "match their published checksums" in str(error.value) and "\n" not in str(error.value)
+    corpus = replace(CATALOG["cxr_corpus"], images=20)  # the Kaggle file, downloaded by hand: named, kept
+    files["covid19-radiography-database.zip"] = tmp_path / "archive.zip"
+    with pytest.raises(DataError, match=r"check that .*archive\.zip is the whole download from https://www\.kaggle"):
+        check_image_count(corpus, 3, files, tmp_path / "cxr_corpus")
+    assert files["MedNIST.tar.gz"].exists(), "a pinned file matched its checksum: downloading it again would not help"
+
+
 def test_a_data_root_that_cannot_hold_files_is_one_clear_line() -> None:
     """`sslmed data fetch covid3 --root /proc/self` ended in a raw FileNotFoundError."""
     from click.testing import CliRunner
