@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,15 @@ from sslmed.data.roots import resolve_data_root
 MARKER = ".sslmed-dataset.json"
 #: where downloads (and files a user downloads by hand) wait, under the data root
 DOWNLOADS = ".downloads"
+#: a fetched copy must hold at least this share of the catalogue's image count
+#: (:attr:`CatalogEntry.min_images`), or the fetch fails and nothing is put in place. The
+#: sources that change grow rather than shrink (the HEAD archives of Hannover and
+#: COVID-CXNet, the full COVID-19 Radiography Database of cxr_corpus: larger, so there
+#: is no upper bound); the counts are after de-duplication, which removes fewer images,
+#: not more, from a data root lacking some earlier sets. 10% leaves a repository room to
+#: drop a few images; a truncated or wrong archive (6 images for covid3's 1,123, or
+#: Hannover's older data.csv listing about 200 of its 243: not the catalogued copy) fails.
+MIN_IMAGES_FRACTION = 0.9
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,11 @@ class CatalogEntry:
     deduplicate: bool = True  # False: kept whole, as the copy in ../shared/data is (see note)
     note: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def min_images(self) -> int:
+        """The fewest images a fetched copy may hold: :data:`MIN_IMAGES_FRACTION` of ``images``."""
+        return math.ceil(self.images * MIN_IMAGES_FRACTION)
 
     @property
     def needs_account(self) -> bool:

@@ -330,7 +330,9 @@ def test_kermany_from_its_release_layout(server, tmp_path: Path) -> None:
     rows += [r for r in shared_rows("kermany") if r["path"] in odd]  # whose patient is not the last number off
     rows.sort(key=lambda r: (r["split"] != "train", r["path"]))
     root = tmp_path / "data"
-    result = fetch_dataset("kermany", root, quiet=True, catalog=serve(served, base, "kermany", kermany_zip(rows)))
+    result = fetch_dataset(
+        "kermany", root, quiet=True, catalog=serve(served, base, "kermany", kermany_zip(rows), images=len(rows))
+    )
     assert result.images == len(rows) and result.removed == 0
     assert (root / "kermany" / "labels.csv").read_text() == labels_text(rows)
 
@@ -341,7 +343,7 @@ def test_cxr_corpus_needs_the_kaggle_file_and_then_prepares_it(server, tmp_path:
     rows = _subset("cxr_corpus", 5, lambda r: r["path"].split("/")[1] if r["source"] != "mednist_nih" else "mednist")
     radiography = [r for r in rows if r["source"] != "mednist_nih"]
     mednist = [r for r in rows if r["source"] == "mednist_nih"]
-    catalog_ = serve(served, base, "cxr_corpus", mednist_tar(not_cxr=[], cxr=mednist), pin=False)
+    catalog_ = serve(served, base, "cxr_corpus", mednist_tar(not_cxr=[], cxr=mednist), pin=False, images=len(rows))
     root = tmp_path / "data"
     with pytest.raises(DataError, match=r"must be downloaded by hand: .*kaggle\.com/datasets/tawsifurrahman"):
         fetch_dataset("cxr_corpus", root, quiet=True, catalog=catalog_)
@@ -365,7 +367,7 @@ def test_cxnet_from_its_repository_layout(server, tmp_path: Path) -> None:
     commit = "0123456789abcdef0123456789abcdef01234567"
     body = cxnet_zip(rows, jpeg_every_other=True, commit=commit)
     root = tmp_path / "data"
-    catalog_ = serve(served, base, "covid_extra_cxnet", body, pin=False)
+    catalog_ = serve(served, base, "covid_extra_cxnet", body, pin=False, images=len(rows))
     result = fetch_dataset("covid_extra_cxnet", root, quiet=True, catalog=catalog_)
     assert result.images == len(rows)
     assert (root / "covid_extra_cxnet" / "labels.csv").read_text() == labels_text(rows)
@@ -382,6 +384,25 @@ def test_a_wrong_archive_is_named_and_leaves_nothing(server, tmp_path: Path) -> 
     with pytest.raises(DataError, match=r"no images in class folder\(s\) Covid-19, No_findings, Pneumonia"):
         fetch_dataset("covid3", root, quiet=True, catalog=serve(served, base, "covid3", buffer.getvalue(), pin=False))
     assert sorted(p.name for p in root.iterdir()) == [".downloads"]
+
+
+def test_an_archive_with_far_fewer_images_than_the_catalogue_is_refused(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 (5): a DarkCovidNet archive with 6 images, where the catalogue says 1,123,
+    was accepted as a complete covid3."""
+    served, base = server
+    rows = _subset("covid3", 2, lambda r: r["label"])  # 2 per class: 6 images
+    monkeypatch.setitem(CATALOG, "covid3", serve(served, base, "covid3", covid3_zip(rows), pin=False)["covid3"])
+    root = tmp_path / "data"
+    result = CliRunner().invoke(cli, ["data", "fetch", "covid3", "--root", str(root), "-q"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert "covid3: the prepared copy holds 6 images, the catalogue expects 1,123" in errors[0]
+    assert not (root / "covid3").exists() and not catalog.is_present("covid3", root)
+    assert sorted(p.name for p in root.iterdir()) == [".downloads"]  # no partial folder either
+    assert not list((root / ".downloads").iterdir()), "the unpinned archive is removed: the next fetch gets a new one"
 
 
 def test_leftovers_of_a_killed_fetch_are_cleaned_but_not_a_running_one(tmp_path: Path) -> None:

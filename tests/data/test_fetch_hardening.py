@@ -103,6 +103,39 @@ def test_a_tar_member_over_the_limit_is_refused_before_it_is_read(
     with pytest.raises(DataError, match=r"m0\.jpeg is 300,000 bytes uncompressed"):
         with unpack.open_archive(path):
             pass
+    assert [p.name for p in tmp_path.iterdir()] == ["big.tar.gz"], "no member files are left behind"
+
+
+def test_tar_members_are_streamed_to_disk_not_held_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21 (5): "a 0.9 MB tar with 3 x 300 MB members holds them all in memory", at a
+    thirtieth of the size: 3 members of 8 MiB (zeros: a 25 kB .tar.gz) under a 10 MiB cap.
+    Opening the archive may not hold even one member; each reads back whole, and the
+    members' temporary files are gone when the block ends."""
+    import io
+    import tarfile
+    import tracemalloc
+
+    import sslmed.data.fetch.unpack as unpack
+
+    monkeypatch.setattr(unpack, "MAX_MEMBER_BYTES", 10 * 2**20)
+    size = 8 * 2**20
+    path = tmp_path / "big.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for n in range(3):
+            info = tarfile.TarInfo(f"MedNIST/CXR/{n:06d}.jpeg")
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+    tracemalloc.start()
+    try:
+        with unpack.open_archive(path) as archive:
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            assert len(archive.members) == 3
+            assert all(archive.read(m) == bytes(size) for m in archive.members)
+    finally:
+        tracemalloc.stop()
+    assert peak < size // 2, f"peak {peak:,} bytes while opening: a member ({size:,}) was held in memory"
+    assert [p.name for p in tmp_path.iterdir()] == ["big.tar.gz"], "the members' temporary files are removed"
 
 
 def test_a_corrupt_crc_is_one_line_and_the_archive_is_removed(tmp_path: Path) -> None:
@@ -149,6 +182,36 @@ def test_a_corrupt_tar_xz_is_one_line_and_removed(tmp_path: Path) -> None:
                 archive.read(member)
     assert "\n" not in str(error.value)
     assert not path.exists()
+    assert not list(tmp_path.iterdir()), "the members unpacked before the damage are removed too"
+
+
+# ------------------------------------------------------------ the image count
+
+
+def test_the_image_count_accepts_90_percent_and_more_and_refuses_less(tmp_path: Path) -> None:
+    """A copy may hold more images than the catalogue (cxr_corpus's full database) or a
+    few fewer; under 90% it is refused, naming a pinned or hand-downloaded file, kept."""
+    from dataclasses import replace
+
+    from sslmed.data.catalog import CATALOG
+    from sslmed.data.fetch import check_image_count
+
+    entry = replace(CATALOG["not_cxr"], images=20)  # MedNIST: pinned, so the archive is kept
+    files = {"MedNIST.tar.gz": tmp_path / "MedNIST.tar.gz"}
+    files["MedNIST.tar.gz"].write_bytes(b"archive")
+    assert entry.min_images == 18
+    for found in (18, 20, 25):
+        check_image_count(entry, found, files, tmp_path / "not_cxr")
+    with pytest.raises(
+        DataError, match=r"not_cxr: the prepared copy holds 17 images, the catalogue expects 20 "
+    ) as error:
+        check_image_count(entry, 17, files, tmp_path / "not_cxr")
+    assert "match their published checksums" in str(error.value) and "\n" not in str(error.value)
+    corpus = replace(CATALOG["cxr_corpus"], images=20)  # the Kaggle file, downloaded by hand: named, kept
+    files["covid19-radiography-database.zip"] = tmp_path / "archive.zip"
+    with pytest.raises(DataError, match=r"check that .*archive\.zip is the whole download from https://www\.kaggle"):
+        check_image_count(corpus, 3, files, tmp_path / "cxr_corpus")
+    assert files["MedNIST.tar.gz"].exists(), "a pinned file matched its checksum: downloading it again would not help"
 
 
 def test_a_data_root_that_cannot_hold_files_is_one_clear_line() -> None:

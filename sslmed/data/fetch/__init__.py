@@ -104,8 +104,34 @@ def _record(entry: CatalogEntry, files: Mapping[str, Path], counts: dict[str, An
     }
 
 
+def check_image_count(entry: CatalogEntry, found: int, files: Mapping[str, Path], destination: Path) -> None:
+    """Refuse a prepared copy with fewer than ``entry.min_images`` images (a truncated or
+    wrong archive) in one line naming the dataset, the count found and the one expected.
+
+    The downloads that no checksum pins (repository archives) are removed, so the next
+    fetch gets a fresh copy; a pinned or hand-downloaded file is named instead."""
+    if found >= entry.min_images:
+        return
+    fresh = [item for item in entry.downloads if not item.pinned and not item.manual]
+    for item in fresh:
+        files[item.key].unlink(missing_ok=True)
+    by_hand = [str(files[item.key]) for item in entry.downloads if item.manual]
+    if fresh:
+        advice = f"removed {', '.join(i.filename for i in fresh)} from .downloads: run the fetch again"
+    elif by_hand:
+        advice = f"check that {', '.join(by_hand)} is the whole download from {entry.source}"
+    else:  # every file matched its published checksum: a new download would be the same
+        advice = "its files match their published checksums, so the catalogue or its preparation is wrong: report it"
+    raise DataError(
+        f"{entry.name}: the prepared copy holds {found:,} images, the catalogue expects {entry.images:,} "
+        f"(at least {entry.min_images:,}): an incomplete or wrong archive, so nothing was put in {destination}; "
+        f"{advice}"
+    )
+
+
 def prepare_dataset(entry: CatalogEntry, files: Mapping[str, Path], root: Path) -> FetchResult:
-    """Prepare ``entry`` from its downloaded ``files`` and move it into ``root`` atomically."""
+    """Prepare ``entry`` from its downloaded ``files`` and move it into ``root`` atomically
+    (only when it holds at least ``entry.min_images`` images: :func:`check_image_count`)."""
     destination = dataset_dir(entry.name, root)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -119,6 +145,7 @@ def prepare_dataset(entry: CatalogEntry, files: Mapping[str, Path], root: Path) 
             if prepared is not None:
                 if entry.deduplicate:
                     remove_duplicates(work, prepared, earlier(entry.name), root)
+                check_image_count(entry, len(prepared.rows), files, destination)
                 write_labels(work, prepared)
                 classes = Counter(row.get("label") or "(unlabelled)" for row in prepared.rows)
                 counts = {
@@ -183,4 +210,4 @@ def clean_partials(root: Path, name: str, older_than: float = 3600.0) -> list[Pa
     return removed
 
 
-__all__ = ["FetchResult", "clean_partials", "fetch_dataset", "obtain", "prepare_dataset"]
+__all__ = ["FetchResult", "check_image_count", "clean_partials", "fetch_dataset", "obtain", "prepare_dataset"]

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from sslmed.core.errors import DataError
+from sslmed.core.files import atomic_target
 from sslmed.data.catalog import CATALOG, CatalogEntry, is_present
 from sslmed.data.fetch.download import no_space
 from sslmed.data.imaging import load_image
@@ -51,6 +53,14 @@ SHORT_SIDE = 256
 # ---------------------------------------------------------------------- writing
 
 
+def _write_error(path: Path, exc: OSError) -> DataError:
+    """A failed write of ``path`` (a full disk: :func:`no_space`) as one line, never taken
+    for a damaged archive (whose decompressors raise OSErrors too)."""
+    if exc.errno == errno.ENOSPC:
+        return no_space(path)
+    return DataError(f"cannot write {path}: {exc.strerror or exc}")
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write a prepared file; a full disk becomes a :class:`DataError` naming the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,9 +68,7 @@ def write_bytes(path: Path, data: bytes) -> None:
         with open(path, "wb") as handle:
             handle.write(data)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise no_space(path) from None
-        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise _write_error(path, exc) from None
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -153,59 +161,119 @@ def _too_large(path: Path, member: str, size: int | str) -> DataError:
     )
 
 
+#: a tar member is copied to its temporary file this many bytes at a time (a read from
+#: tarfile's gzip stream briefly takes about four times that: some 1.4 MB in all)
+SPOOL_CHUNK = 1 << 18
+
+
+def _scratch(folder: Path, path: Path) -> Path:
+    """A fresh temporary folder in ``folder`` for the members of the tar ``path``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.members-", dir=folder))
+    except OSError as exc:
+        raise DataError(f"cannot unpack {path} into {folder}: {exc.strerror or exc}") from None
+
+
+def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path, path: Path) -> None:
+    """Write one tar member to ``target`` a :data:`SPOOL_CHUNK` at a time, atomically, and
+    never more than :data:`MAX_MEMBER_BYTES` of it. A damaged archive raises what the
+    decompressor raises (for :func:`open_archive`); a failed write is a :class:`DataError`."""
+    stream = tar.extractfile(member)
+    if stream is None:  # not a regular file after all
+        return
+    with stream, atomic_target(target) as temp:
+        try:
+            out = open(temp, "wb")
+        except OSError as exc:
+            raise _write_error(target, exc) from None
+        with out:
+            copied = 0
+            while block := stream.read(SPOOL_CHUNK):
+                copied += len(block)
+                if copied > MAX_MEMBER_BYTES:  # a stream longer than its header says
+                    raise _too_large(path, member.name, f"over {MAX_MEMBER_BYTES:,}")
+                try:
+                    out.write(block)
+                except OSError as exc:
+                    raise _write_error(target, exc) from None
+
+
+def _read_spooled(file: Path, member: PurePosixPath) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read the unpacked member {member} ({file}): {exc.strerror or exc}") from None
+
+
+def _spool_tar(path: Path, want: Callable[[PurePosixPath], bool], folder: Path) -> Archive:
+    """The ``want``-ed files of the tar ``path``, each copied to a file of ``folder`` in one
+    pass (a compressed tar cannot be read out of order cheaply) and read back on demand."""
+    spooled: dict[PurePosixPath, Path] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            name = PurePosixPath(member.name)
+            if member.isfile() and want(name):
+                if member.size > MAX_MEMBER_BYTES:
+                    raise _too_large(path, member.name, f"{member.size:,}")
+                target = folder / f"{len(spooled):08d}"  # never the member's own name (zip-slip)
+                _copy_member(tar, member, target, path)
+                spooled[name] = target
+    return Archive(list(spooled), lambda member: _read_spooled(spooled[member], member))
+
+
 @contextmanager
-def open_archive(path: Path, want: Callable[[PurePosixPath], bool] = lambda m: True) -> Iterator[Archive]:
-    """Open a zip (read on demand) or a tar archive (the ``want``-ed files read into memory
-    in one pass, since a compressed tar cannot be read out of order cheaply).
+def open_archive(
+    path: Path, want: Callable[[PurePosixPath], bool] = lambda m: True, spool: Path | None = None
+) -> Iterator[Archive]:
+    """Open a zip (read on demand) or a tar archive (the ``want``-ed files streamed in one
+    pass, a chunk at a time, to a temporary folder made in ``spool``, default the archive's
+    folder, and read from there on demand; the folder is removed when the block ends).
 
     Each member is read through a bounded stream: no more than :data:`MAX_MEMBER_BYTES`
-    of it is ever decompressed, whatever its header declares. A corrupt member (a bad
+    of it is ever decompressed, whatever its header declares, and no more than one
+    member (a zip's, or one read back) is in memory at a time. A corrupt member (a bad
     CRC, a broken deflate stream) is one line, and the archive is removed."""
     zipped = None
+    scratch = None
     try:
-        if zipfile.is_zipfile(path):
-            zipped = zipfile.ZipFile(path)
-            infos = {
-                PurePosixPath(i.filename): i
-                for i in zipped.infolist()
-                if not i.is_dir() and "__MACOSX" not in i.filename
-            }
-
-            def read_zip(member: PurePosixPath) -> bytes:
-                info = infos[member]
-                if info.file_size > MAX_MEMBER_BYTES:
-                    raise _too_large(path, info.filename, f"{info.file_size:,}")
-                try:
-                    with zipped.open(info) as stream:
-                        data = stream.read(MAX_MEMBER_BYTES + 1)
-                except DAMAGED as exc:
-                    raise _damaged(path, exc) from None
-                if len(data) > MAX_MEMBER_BYTES:  # a header that lies about the size
-                    raise _too_large(path, info.filename, f"over {MAX_MEMBER_BYTES:,}")
-                return data
-
-            archive = Archive([m for m in infos if want(m)], read_zip)
-        elif tarfile.is_tarfile(path):
-            data = {}
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    name = PurePosixPath(member.name)
-                    if member.isfile() and want(name):
-                        if member.size > MAX_MEMBER_BYTES:
-                            raise _too_large(path, member.name, f"{member.size:,}")
-                        data[name] = tar.extractfile(member).read(MAX_MEMBER_BYTES + 1)  # type: ignore[union-attr]
-            archive = Archive(list(data), data.__getitem__)
-        else:
-            raise DataError(f"{path}: neither a zip nor a tar archive; delete it and run the fetch again")
-    except DAMAGED as exc:
-        if zipped is not None:
-            zipped.close()
-        raise _damaged(path, exc) from None
-    try:
+        try:
+            if zipfile.is_zipfile(path):
+                zipped = zipfile.ZipFile(path)
+                archive = _zip_archive(path, zipped, want)
+            elif tarfile.is_tarfile(path):
+                scratch = _scratch(spool if spool is not None else path.parent, path)
+                archive = _spool_tar(path, want, scratch)
+            else:
+                raise DataError(f"{path}: neither a zip nor a tar archive; delete it and run the fetch again")
+        except DAMAGED as exc:
+            raise _damaged(path, exc) from None
         yield archive
     finally:
         if zipped is not None:
             zipped.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _zip_archive(path: Path, zipped: zipfile.ZipFile, want: Callable[[PurePosixPath], bool]) -> Archive:
+    """The ``want``-ed files of an open zip, each read on demand through a bounded stream."""
+    infos = {PurePosixPath(i.filename): i for i in zipped.infolist() if not i.is_dir() and "__MACOSX" not in i.filename}
+
+    def read_zip(member: PurePosixPath) -> bytes:
+        info = infos[member]
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise _too_large(path, info.filename, f"{info.file_size:,}")
+        try:
+            with zipped.open(info) as stream:
+                data = stream.read(MAX_MEMBER_BYTES + 1)
+        except DAMAGED as exc:
+            raise _damaged(path, exc) from None
+        if len(data) > MAX_MEMBER_BYTES:  # a header that lies about the size
+            raise _too_large(path, info.filename, f"over {MAX_MEMBER_BYTES:,}")
+        return data
+
+    return Archive([m for m in infos if want(m)], read_zip)
 
 
 def natural_key(text: str) -> list[Any]:
@@ -358,7 +426,9 @@ def prepare_covid3(entry: CatalogEntry, files: Files, out: Path) -> Prepared:
     path = files["darkcovidnet.zip"]
     classes = entry.options["classes"]
     prepared = Prepared(["path", "label", "patient_id", "source"])
-    with open_archive(path, lambda m: is_image(m) and len(m.parts) >= 2 and m.parts[-2] in classes) as archive:
+    with open_archive(
+        path, lambda m: is_image(m) and len(m.parts) >= 2 and m.parts[-2] in classes, spool=out
+    ) as archive:
         empty = [c for c in classes if not any(m.parts[-2] == c for m in archive.members)]
         _need(not empty, f"{path}: no images in class folder(s) {', '.join(empty)}: not the DarkCovidNet repository")
         for label in classes:
@@ -394,7 +464,11 @@ def prepare_hannover(entry: CatalogEntry, files: Files, out: Path) -> Prepared:
     """Hannover's ``png/<image_id>.png`` with ``data.csv`` (patient, projection, modality)."""
     path = files["hannover.zip"]
     prepared = Prepared(["path", "label", "patient_id", "projection", "modality"])
-    with open_archive(path, lambda m: m.name == "data.csv" or (is_image(m) and m.parent.name == "png")) as archive:
+
+    def wanted(m: PurePosixPath) -> bool:
+        return m.name == "data.csv" or (is_image(m) and m.parent.name == "png")
+
+    with open_archive(path, wanted, spool=out) as archive:
         table = _top_file(archive, "data.csv")
         _need(table is not None, f"{path}: no data.csv: not the covid-19-image-repository archive")
         images = {m.stem: m for m in archive.members if is_image(m)}
@@ -432,7 +506,7 @@ def prepare_cxnet(entry: CatalogEntry, files: Files, out: Path) -> Prepared:
             is_image(m) and m.parent.name == "covid19" and "chest_xray_images" in m.parts
         )
 
-    with open_archive(path, wanted) as archive:
+    with open_archive(path, wanted, spool=out) as archive:
         images = sorted(m for m in archive.members if is_image(m))
         _need(bool(images), f"{path}: no chest_xray_images/covid19/ images: not the COVID-CXNet repository")
         table = _top_file(archive, "metadata.csv")
@@ -480,7 +554,7 @@ def prepare_not_cxr(entry: CatalogEntry, files: Files, out: Path) -> Prepared:
         )
 
     prepared = Prepared(["path", "label", "source"])
-    with open_archive(path, wanted) as archive:
+    with open_archive(path, wanted, spool=out) as archive:
         for label in classes:
             members = sorted(m for m in archive.members if m.parts[-2] == label)
             _need(bool(members), f"{path}: no {label}/ images: not the MedNIST archive")
@@ -502,7 +576,7 @@ def prepare_cxr_corpus(entry: CatalogEntry, files: Files, out: Path) -> Prepared
         # the database's layout: COVID-19_Radiography_Dataset/<Class>/images/<Class>-<n>.png (masks/ left out)
         return is_image(m) and "masks" not in m.parts and any(p in classes for p in m.parts[:-1])
 
-    with open_archive(path, radiograph) as archive:
+    with open_archive(path, radiograph, spool=out) as archive:
         _need(bool(archive.members), f"{path}: no {'/'.join(classes)} images: not the COVID-19 Radiography Database")
 
         def order(m: PurePosixPath) -> tuple[int, list[Any]]:
@@ -517,7 +591,9 @@ def prepare_cxr_corpus(entry: CatalogEntry, files: Files, out: Path) -> Prepared
             data, image = prepared_image(archive.read(member), str(member), "JPEG", size=(side, side))
             prepared.add(out, {"path": ref, "source": "covid19_radiography", "label": label}, data, image)
     mednist = files["MedNIST.tar.gz"]
-    with open_archive(mednist, lambda m: is_image(m) and len(m.parts) >= 2 and m.parts[-2] == "CXR") as archive:
+    with open_archive(
+        mednist, lambda m: is_image(m) and len(m.parts) >= 2 and m.parts[-2] == "CXR", spool=out
+    ) as archive:
         _need(bool(archive.members), f"{mednist}: no CXR/ images: not the MedNIST archive")
         for member in sorted(archive.members):
             data, image = prepared_image(archive.read(member), str(member), "JPEG")
@@ -545,7 +621,7 @@ def prepare_kermany(entry: CatalogEntry, files: Files, out: Path) -> Prepared:
         )
 
     prepared = Prepared(["path", "label", "patient_id", "split", "pneumonia_type"])
-    with open_archive(path, wanted) as archive:
+    with open_archive(path, wanted, spool=out) as archive:
         _need(bool(archive.members), f"{path}: no chest_xray/train|test/NORMAL|PNEUMONIA images: not ChestXRay2017")
         for member in sorted(archive.members, key=lambda m: (m.parts[-3] != "train", m.parts[-2], m.name)):
             split, folder = member.parts[-3], member.parts[-2]
