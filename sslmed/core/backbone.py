@@ -9,6 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sslmed.core.errors import UsageError
+
+
+class GradCamUnavailable(UsageError):
+    """Grad-CAM cannot explain this backbone (raised by ``last_stage``; the reason is the
+    message, which Grad-CAM shows in place of a map)."""
+
 
 class Backbone(nn.Module):
     """An encoder. ``forward`` gives pooled ``B×feature_dim`` features;
@@ -26,7 +33,8 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def last_stage(self) -> nn.Module:  # pragma: no cover - abstract
-        """The module whose output is the last feature map (Grad-CAM's target)."""
+        """The module whose output is the last feature map (Grad-CAM's target);
+        :class:`GradCamUnavailable` with the reason when no map can explain the features."""
         raise NotImplementedError
 
     def stages(self) -> list[tuple[str, nn.Module]]:

@@ -41,25 +41,34 @@ class SimCLRViewArgs(BaseModel):
     rr_degrees: float | None = Field(None, ge=0, le=180)
 
 
+def lightly_view_kwargs(
+    args: SimCLRViewArgs, *, input_size: int, in_channels: int, min_scale: float | None = None
+) -> dict[str, Any]:
+    """The keyword arguments of lightly's ``SimCLRTransform`` / ``SimCLRViewTransform`` for
+    these views at ``input_size`` (no grey-scale conversion; sslmed's normalisation);
+    ``min_scale`` replaces ``args.min_scale`` (multi-crop's local views)."""
+    return {
+        "input_size": input_size,
+        "min_scale": args.min_scale if min_scale is None else min_scale,
+        "cj_prob": args.cj_prob,
+        "cj_strength": args.cj_strength,
+        "cj_bright": args.cj_bright,
+        "cj_contrast": args.cj_contrast,
+        "cj_sat": args.cj_sat,
+        "cj_hue": args.cj_hue,
+        "random_gray_scale": 0.0,
+        "gaussian_blur": args.gaussian_blur,
+        "hf_prob": args.hf_prob,
+        "vf_prob": args.vf_prob,
+        "rr_prob": args.rr_prob,
+        "rr_degrees": args.rr_degrees,
+        "normalize": normalize_values(in_channels),
+    }
+
+
 def build_simclr_views(args: SimCLRViewArgs, *, image_size: int, in_channels: int, **_context: Any) -> SimCLRTransform:
     """Two SimCLR views per image (lightly's SimCLRTransform): crop, flip, jitter."""
-    return SimCLRTransform(
-        input_size=image_size,
-        min_scale=args.min_scale,
-        cj_prob=args.cj_prob,
-        cj_strength=args.cj_strength,
-        cj_bright=args.cj_bright,
-        cj_contrast=args.cj_contrast,
-        cj_sat=args.cj_sat,
-        cj_hue=args.cj_hue,
-        random_gray_scale=0.0,
-        gaussian_blur=args.gaussian_blur,
-        hf_prob=args.hf_prob,
-        vf_prob=args.vf_prob,
-        rr_prob=args.rr_prob,
-        rr_degrees=args.rr_degrees,
-        normalize=normalize_values(in_channels),
-    )
+    return SimCLRTransform(**lightly_view_kwargs(args, input_size=image_size, in_channels=in_channels))
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: Any) -> torch.Tensor:

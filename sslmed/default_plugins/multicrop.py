@@ -28,8 +28,8 @@ from sslmed.default_plugins.augmentations import (
     BatchedSimCLRViews,
     SimCLRViewArgs,
     build_batched_simclr_views,
+    lightly_view_kwargs,
 )
-from sslmed.training.transforms import normalize_values
 
 
 class MultiCropArgs(SimCLRViewArgs):
@@ -57,21 +57,7 @@ def local_size(args: MultiCropArgs, image_size: int) -> int:
 
 def _view_transform(args: MultiCropArgs, size: int, scale: tuple[float, float], in_channels: int) -> v2.Compose:
     view = SimCLRViewTransform(
-        input_size=size,
-        min_scale=scale[0],
-        cj_prob=args.cj_prob,
-        cj_strength=args.cj_strength,
-        cj_bright=args.cj_bright,
-        cj_contrast=args.cj_contrast,
-        cj_sat=args.cj_sat,
-        cj_hue=args.cj_hue,
-        random_gray_scale=0.0,
-        gaussian_blur=args.gaussian_blur,
-        hf_prob=args.hf_prob,
-        vf_prob=args.vf_prob,
-        rr_prob=args.rr_prob,
-        rr_degrees=args.rr_degrees,
-        normalize=normalize_values(in_channels),
+        **lightly_view_kwargs(args, input_size=size, in_channels=in_channels, min_scale=scale[0])
     )
     crop = next(t for t in view.transform.transforms if isinstance(t, v2.RandomResizedCrop))
     crop.scale = scale  # lightly's view crops min_scale..1; a local view stops below 1

@@ -21,8 +21,14 @@ What the :class:`~sslmed.core.backbone.Backbone` contract gets from a timm model
 * ``stride``: the reduction of timm's last ``feature_info`` entry (a ViT's patch size);
 * ``last_stage``: the map as the pooled features are computed from it, Grad-CAM's
   target. A ViT that pools its class token (timm's default, ``global_pool: token``)
-  takes nothing from the patch map, so Grad-CAM refuses it with the reason; give
+  takes nothing from the patch map, so Grad-CAM shows no map and says why; give
   ``global_pool: avg`` for maps.
+
+Input sizes: a ViT built with ``img_size`` takes that size only. Views of other sizes
+(``multicrop``'s local views, for DINO) need ``dynamic_img_size: true`` (the position
+embeddings are resampled to the patch grid) and a size that is a multiple of the patch
+size, or ``dynamic_img_pad: true`` as well (padded up to whole patches); anything else
+is refused in one line naming the key.
 
 ``timm`` is imported only when such a backbone is built or checked.
 """
@@ -36,7 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from sslmed.core.backbone import Backbone
+from sslmed.core.backbone import Backbone, GradCamUnavailable
 from sslmed.core.errors import UsageError
 from sslmed.core.hookspecs import hookimpl
 
@@ -57,10 +63,6 @@ def _timm() -> Any:
     except ImportError:  # pragma: no cover - timm is a dependency
         raise UsageError("backbone 'timm' needs the timm package (pip install timm)") from None
     return timm
-
-
-class GradCamUnavailable(UsageError):
-    """Grad-CAM cannot explain this backbone (the reason is the message)."""
 
 
 class _Map(nn.Module):
@@ -105,9 +107,33 @@ class TimmBackbone(Backbone):
         self.pooling = str(getattr(self.net, "global_pool", "avg") or "avg")
 
     def _grid(self, x: torch.Tensor) -> tuple[int, int]:
+        if getattr(self.net.patch_embed, "dynamic_img_pad", False):  # padded up to whole patches
+            return -(-x.shape[-2] // self.patch[0]), -(-x.shape[-1] // self.patch[1])
         return x.shape[-2] // self.patch[0], x.shape[-1] // self.patch[1]
 
+    def check_input_size(self, x: torch.Tensor) -> None:
+        """A ViT takes only the sizes its patch embedding allows: one line saying which otherwise."""
+        if not self.tokens:
+            return
+        embed = self.net.patch_embed
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        fixed = embed.img_size if getattr(embed, "strict_img_size", False) else None
+        if fixed is not None and (height, width) != tuple(fixed):
+            raise UsageError(
+                f"backbone timm {self.model_name}: a {height}×{width} px input, but it takes {fixed[0]}×{fixed[1]} "
+                "only (args.img_size); for views of other sizes (multicrop's local views) give args: "
+                "{dynamic_img_size: true}"
+            )
+        patch = self.patch[0]
+        if fixed is None and not getattr(embed, "dynamic_img_pad", False) and (height % patch or width % patch):
+            raise UsageError(
+                f"backbone timm {self.model_name}: a {height}×{width} px input is not a multiple of its patch_size "
+                f"{patch}; give multicrop a local_size that is (e.g. {max(1, round(height / patch)) * patch}) "
+                "or args: {dynamic_img_pad: true}"
+            )
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input_size(x)
         return self.map(self._native_to_map(self.net.forward_features(x), x))
 
     def _native_to_map(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +144,7 @@ class TimmBackbone(Backbone):
         return out.permute(0, 3, 1, 2) if self.channels_last else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input_size(x)
         out = self.net.forward_features(x)
         feature_map = self.map(self._native_to_map(out, x))  # the map the pooled features come from
         if self.own_pooling:
@@ -134,7 +161,7 @@ class TimmBackbone(Backbone):
     def last_stage(self) -> nn.Module:
         if self.tokens and self.pooling not in ("avg", "avgmax", "max"):
             raise GradCamUnavailable(
-                f"Grad-CAM: timm {self.model_name} pools its {self.pooling!r} token, which takes nothing from the "
+                f"timm {self.model_name} pools its {self.pooling!r} token, which takes nothing from the "
                 "patch map; train it with args: {global_pool: avg} for Grad-CAM maps"
             )
         return self.map

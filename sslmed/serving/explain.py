@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sslmed.core.backbone import Backbone
+from sslmed.core.backbone import Backbone, GradCamUnavailable
 from sslmed.training.transforms import MEAN, STD
 
 # anchors of a perceptually ordered colour map (dark blue -> cyan -> yellow -> red)
@@ -58,9 +58,13 @@ class GradCam:
     layer: str | None = None
     #: ``(h, w)`` of that stage's output; of the largest stage when there is no map
     size: tuple[int, int] = (0, 0)
+    #: why the backbone has no map at all (its ``last_stage`` refused), or ``None``
+    reason: str | None = None
 
     def caption(self) -> str:
         """One sentence for the page: which layer the map comes from, or why there is none."""
+        if self.reason is not None:
+            return f"**Grad-CAM not shown:** {self.reason}."
         if self.cam is None:
             return (
                 f"**Grad-CAM not shown:** no backbone stage has {MIN_CAM_SIDE}×{MIN_CAM_SIDE} positions at this "
@@ -101,23 +105,38 @@ def choose_stage(
     return None
 
 
+def _no_map(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    class_index: int | None,
+    size: tuple[int, int] = (0, 0),
+    reason: str | None = None,
+) -> GradCam:
+    """The probabilities and no map."""
+    with torch.inference_mode():
+        logits = model(x)
+    probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+    index = int(probabilities.argmax()) if class_index is None else int(class_index)
+    return GradCam(index, probabilities, None, None, size, reason)
+
+
 def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None) -> GradCam:
     """Grad-CAM of ``model`` (a :class:`sslmed.serving.predict.Classifier`) for one input.
 
     ``x`` is the normalised ``1×C×H×W`` model input; ``class_index`` defaults to the
     predicted class. The map is relative (its maximum is 1); a map that is zero
     everywhere means no positive evidence was found at this stage. ``cam`` is ``None``
-    when no stage is large enough (see :func:`choose_stage`).
+    when no stage is large enough (see :func:`choose_stage`) or when the backbone has no
+    map that explains its features (``reason`` says why, e.g. a ViT pooling its class token).
     """
-    sized = stage_sizes(model, x)
+    try:
+        sized = stage_sizes(model, x)
+    except GradCamUnavailable as exc:
+        return _no_map(model, x, class_index, reason=str(exc).rstrip("."))
     chosen = choose_stage(sized)
     if chosen is None:
-        with torch.inference_mode():
-            logits = model(x)
-        probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-        index = int(probabilities.argmax()) if class_index is None else int(class_index)
         largest = max((size for _, _, size in sized), key=lambda s: s[0] * s[1], default=(0, 0))
-        return GradCam(index, probabilities, None, None, largest)
+        return _no_map(model, x, class_index, size=largest)
     layer, stage, size = chosen
     owner = threading.get_ident()
     captured: dict[str, torch.Tensor] = {}
