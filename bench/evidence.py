@@ -221,6 +221,10 @@ def probe(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+
+
 def _write_json(path: Path, doc: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -291,12 +295,10 @@ def summary(args: argparse.Namespace) -> int:
         "what": "reference encoder: frozen linear probe on kermany's test split against images seen",
         "settings": train_recipe(args)["steps"][0],
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(),
-        "train_time": json.loads((out / "train_time.json").read_text()) if (out / "train_time.json").is_file() else None,
+        "commit": _commit(),
+        "train_time": json.loads(timing.read_text()) if (timing := out / "train_time.json").is_file() else None,
         "loss_per_epoch": loss_curve(out),
-        "references": {
-            f"{model}_{fraction:g}": _metrics(row) for (model, fraction), row in sorted(references.items())
-        },
+        "references": {f"{model}_{fraction:g}": _metrics(row) for (model, fraction), row in sorted(references.items())},
         "curve": points,
         "final": {
             target: [
@@ -367,7 +369,7 @@ def comparison_summary(args: argparse.Namespace) -> int:
     """``comparison.json`` and ``comparison.md``: each finished method next to the references."""
     out = Path(args.out) / "compare"
     doc: dict[str, Any] = {"settings": {k: v for k, v in compare_recipe("simclr", args, True)["steps"][0].items()}}
-    doc["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
+    doc["commit"] = _commit()
     table: dict[str, Any] = {}
     refs = {t: _rows(out / "runs" / ("simclr" if t == "kermany" else "covid3__simclr")) for t in ("kermany", "covid3")}
     for method in COMPARED:
@@ -471,7 +473,8 @@ def render(doc: dict[str, Any]) -> str:
     if doc["loss_per_epoch"]:
         lines += ["", "Training loss per epoch: " + ", ".join(f"{e['loss']:.3f}" for e in doc["loss_per_epoch"])]
     if doc["train_time"]:
-        lines += ["", f"Pre-training wall time: {doc['train_time']['seconds']:.0f} s (exit {doc['train_time']['exit']})."]
+        took = doc["train_time"]
+        lines += ["", f"Pre-training wall time: {took['seconds']:.0f} s (exit {took['exit']})."]
     return "\n".join(lines)
 
 

@@ -233,7 +233,9 @@ class EpochSeed(Callback):
             self.seed_epoch(trainer.current_epoch)
 
 
-def export_meta(step: StepSettings, method: SSLMethod, epochs: int, global_step: int, world_size: int) -> dict[str, Any]:
+def export_meta(
+    step: StepSettings, method: SSLMethod, epochs: int, global_step: int, world_size: int
+) -> dict[str, Any]:
     """What ``backbone.json`` says of an export: the backbone's identity and how far it trained."""
     return {
         **backbone_identity(step),
