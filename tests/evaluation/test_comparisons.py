@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sslmed.core.metrics import metrics
-from sslmed.evaluation.comparisons import compare, gain_lines, interval
+from sslmed.evaluation.comparisons import Comparison, compare, gain_lines, interval
 
 
 def _proba(y: np.ndarray, correct: float, rng: np.random.Generator, n_classes: int = 2) -> np.ndarray:
@@ -37,6 +37,16 @@ def test_two_equally_good_models_show_no_clear_difference():
     result = compare(y, a, b, samples=300)
     assert result.low < 0 < result.high and result.verdict == "no clear difference"
     assert result.p_value > 0.05
+
+
+def test_a_verdict_needs_the_interval_and_the_p_value_to_agree():
+    # the headline recipe printed this one as "better" (issue 22): its interval just
+    # clears zero while the permutation test does not reject "no difference"
+    edge = Comparison("balanced_accuracy", 0.070, 0.002, 0.140, 0.074, 1, 225)
+    assert edge.verdict == "no clear difference"
+    assert Comparison("balanced_accuracy", 0.035, 0.002, 0.066, 0.038, 1, 624).verdict == "better"
+    assert Comparison("balanced_accuracy", -0.057, -0.093, -0.019, 0.002, 1, 624).verdict == "worse"
+    assert Comparison("balanced_accuracy", -0.05, -0.09, 0.01, 0.01, 1, 624).verdict == "no clear difference"
 
 
 def test_interval_covers_the_mean_over_seeds_and_narrows_with_more_images():
