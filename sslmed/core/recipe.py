@@ -202,12 +202,18 @@ class StepSettings(_Strict):
 
 
 class SupervisedSettings(_Strict):
-    """The supervised-from-scratch reference: same backbone, trained on the labels."""
+    """The supervised-from-scratch reference: same backbone, trained on the labels.
 
-    epochs: Int = Field(5, ge=1)
+    With a validation split it is trained to convergence there: at most ``epochs``,
+    stopped after ``patience`` epochs without a better validation balanced accuracy, the
+    best epoch's weights scored on the test split (the fine-tuning machinery with the
+    whole network at one learning rate). Without one, exactly ``epochs``."""
+
+    epochs: Int = Field(30, ge=1, description="at most this many epochs (early stopping on validation may end sooner)")
     batch_size: Int = Field(64, ge=2)
     lr: Float = Field(1e-3, gt=0)
     max_steps: Int = -1
+    patience: Int = Field(5, ge=1, description="epochs without a better validation balanced accuracy before stopping")
 
 
 class FineTuneSettings(_Strict):

@@ -23,7 +23,7 @@ from sslmed.core.registry import Registry
 from sslmed.core.tasks import MULTICLASS, Task, task_for
 from sslmed.data.sources import ImageSource
 from sslmed.evaluation.features import RAW_PIXELS, FeatureSet, LabelledSplit, extract_features
-from sslmed.evaluation.finetune import finetune_rows
+from sslmed.evaluation.finetune import finetune_proba, finetune_rows, supervised_schedule
 from sslmed.evaluation.ood import InputStatistics
 from sslmed.evaluation.probes import probe_rows
 from sslmed.evaluation.supervised import supervised_proba
@@ -109,24 +109,43 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
     elif "supervised" in settings.baselines:
         log.info("evaluation: training the supervised reference")
         for fraction in settings.label_fractions:
-            proba = supervised_proba(
-                build_backbone(),
-                splits["train"],
-                splits["test"],
-                len(source.classes),
-                size,
-                channels,
-                settings.supervised,
-                settings.seed,
-                fraction,
-                settings.class_weight,
-            )
+            trained: dict[str, Any] = {}
+            if "val" in splits and len(splits["val"].records):
+                # to convergence on validation: fine-tuning's early stopping, one learning rate for all
+                proba, trained = finetune_proba(
+                    build_backbone(),
+                    splits["train"],
+                    splits["val"],
+                    splits["test"],
+                    len(source.classes),
+                    size,
+                    channels,
+                    supervised_schedule(settings.supervised),
+                    settings.seed,
+                    fraction,
+                    settings.class_weight,
+                )
+                trained = {k: trained[k] for k in ("epochs_run", "val_balanced_accuracy")}
+            else:
+                proba = supervised_proba(
+                    build_backbone(),
+                    splits["train"],
+                    splits["test"],
+                    len(source.classes),
+                    size,
+                    channels,
+                    settings.supervised,
+                    settings.seed,
+                    fraction,
+                    settings.class_weight,
+                )
             row = {
                 "model": "supervised",
                 "probe": "end-to-end",
                 "label_fraction": fraction,
                 "train_images": int(len(splits["train"].records) * fraction),
                 "class_weight": settings.class_weight,
+                **trained,
                 **task.metrics(labels["test"], proba, source.classes),
             }
             kept = task.predictions(labels["test"], proba)

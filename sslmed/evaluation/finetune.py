@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from sklearn.metrics import balanced_accuracy_score
 
 from sslmed.core.backbone import Backbone
-from sslmed.core.recipe import EvaluationSettings, FineTuneSettings
+from sslmed.core.recipe import EvaluationSettings, FineTuneSettings, SupervisedSettings
 from sslmed.core.tasks import MULTICLASS
 from sslmed.evaluation.calibration import calibrate
 from sslmed.evaluation.features import LabelledSplit, device
@@ -124,6 +124,19 @@ def finetune_proba(
         val_logits = split_logits(module, val, image_size, in_channels)
         info["calibration"] = calibrate(val_logits, val.labels, test_logits, test.labels).summary()
     return module.task.activate(torch.from_numpy(test_logits)).numpy(), info
+
+
+def supervised_schedule(settings: SupervisedSettings) -> FineTuneSettings:
+    """The supervised-from-scratch reference as a fine-tuning schedule: the whole network at
+    one learning rate, early-stopped on validation (``patience``) within ``epochs``."""
+    return FineTuneSettings(
+        epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        backbone_lr_ratio=1.0,
+        patience=settings.patience,
+    )
 
 
 def split_logits(module: torch.nn.Module, split: LabelledSplit, image_size: int, in_channels: int) -> np.ndarray:
