@@ -340,76 +340,147 @@ def compare_recipe(method: str, args: argparse.Namespace, references: bool) -> d
     }
 
 
+def run_key(method: str, seed: int) -> str:
+    """A comparison run's name: the method for seed 0 (as the first sweep named them), else
+    ``method__seedN``."""
+    return method if seed == 0 else f"{method}__seed{seed}"
+
+
+#: the thesis's claims, each a paired test of A against B on the same test images and seeds
+CLAIMS = [
+    ("simclr_mdre", "simclr_erasing", "MDRE > random erasing (SimCLR, same everything else)"),
+    ("crsm", "simclr", "CRSM > SimCLR (the thesis's comparison: MDRE and the decoder together)"),
+    ("crsm", "simclr_mdre", "the decoder adds to SimCLR + MDRE (CRSM's reconstruction alone)"),
+]
+CELLS = [("linear", 0.01), ("linear", 0.1), ("linear", 1.0), ("fine-tune", 0.1)]
+
+
 def comparison(args: argparse.Namespace) -> int:
-    """Every method of ``--methods`` for the same images seen, probed on kermany (and covid3)."""
+    """Every method of ``--methods`` for the same images seen, probed on kermany (and covid3).
+
+    ``--seed`` other than 0 runs the same sweep under another seed in its own folders;
+    the references (random init, raw pixels) come with that seed's ``simclr`` run."""
     out = Path(args.out) / "compare"
     failures = 0
     for method in args.methods.split(","):
-        run_dir = out / "runs" / method
+        key = run_key(method, args.seed)
+        run_dir = out / "runs" / key
         if not (run_dir / "results.json").is_file():
             started = time.perf_counter()
             recipe = compare_recipe(method, args, references=method == "simclr")
-            code = _sslmed_run(recipe, out / "recipes" / f"{method}.yaml", run_dir, out / "logs" / f"{method}.log")
+            code = _sslmed_run(recipe, out / "recipes" / f"{key}.yaml", run_dir, out / "logs" / f"{key}.log")
             seconds = round(time.perf_counter() - started, 1)
-            _write_json(out / "times" / f"{method}.json", {"seconds": seconds, "exit": code})
-            print(f"[{time.strftime('%H:%M:%S')}] compare {method}: exit {code} in {seconds:.0f} s", flush=True)
+            _write_json(out / "times" / f"{key}.json", {"seconds": seconds, "exit": code})
+            print(f"[{time.strftime('%H:%M:%S')}] compare {key}: exit {code} in {seconds:.0f} s", flush=True)
             failures += code != 0
         export = run_dir / "steps" / "corpus"
-        covid = out / "runs" / f"covid3__{method}"
+        covid = out / "runs" / f"covid3__{key}"
         if (export / "backbone.json").is_file() and not (covid / "results.json").is_file():
             recipe = probe_recipe(export, "covid3", args.image_size, method == "simclr", False, args, method)
-            code = _sslmed_run(recipe, out / "recipes" / f"covid3__{method}.yaml", covid, out / "logs" / "covid3.log")
+            code = _sslmed_run(recipe, out / "recipes" / f"covid3__{key}.yaml", covid, out / "logs" / "covid3.log")
             failures += code != 0
         if args.results:
-            comparison_summary(args)
+            try:
+                comparison_summary(args)
+            except Exception as error:  # a summary bug must not stop the sweep; compare-summary redoes it
+                print(f"compare-summary failed: {type(error).__name__}: {error}", flush=True)
     return 1 if failures else 0
 
 
+def _predictions(out: Path, results: Path) -> dict[str, Any]:
+    """Every finished run's test predictions per cell, ``{run: {target/probe_fraction: {y_true,
+    proba}}}``, merged with those a previous sweep left in ``results/predictions.json`` (run
+    folders do not outlive a machine; the predictions do, so that paired tests can be made
+    across sessions)."""
+    path = results / "predictions.json"
+    kept: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    for run_dir in sorted((out / "runs").glob("*")):
+        target, key = (
+            ("covid3", run_dir.name[len("covid3__") :])
+            if run_dir.name.startswith("covid3__")
+            else ("kermany", run_dir.name)
+        )
+        rows = _rows(run_dir)
+        for model in ("sslmed", "random_init", "raw_pixels"):
+            name = key if model == "sslmed" else f"{model}@{key}"
+            for probe_name, fraction in CELLS:
+                row = pick_row(rows, model, probe_name, fraction)
+                if row and row.get("test_predictions"):
+                    cell = {k: row["test_predictions"][k] for k in ("y_true", "proba")}
+                    kept.setdefault(name, {})[f"{target}/{probe_name}_{fraction:g}"] = cell
+    return kept
+
+
+def _split_key(name: str) -> tuple[str, int]:
+    method, _, seed = name.partition("__seed")
+    return method, int(seed or 0)
+
+
+def claims(predictions: dict[str, Any]) -> list[dict[str, Any]]:
+    """The thesis's claims as paired tests over every seed both methods have, per cell."""
+    found = []
+    for a, b, claim in CLAIMS:
+        seeds_a = {_split_key(k)[1] for k in predictions if _split_key(k)[0] == a}
+        seeds_b = {_split_key(k)[1] for k in predictions if _split_key(k)[0] == b}
+        seeds = sorted(seeds_a & seeds_b)
+        if not seeds:
+            continue
+        cells = {}
+        for cell in sorted({c for s in seeds for c in predictions[run_key(a, s)]}):
+            pairs = [(predictions[run_key(a, s)].get(cell), predictions[run_key(b, s)].get(cell)) for s in seeds]
+            pairs = [(x, y) for x, y in pairs if x and y and x["y_true"] == y["y_true"]]
+            if not pairs:
+                continue
+            y_true = pairs[0][0]["y_true"]
+            if any(x["y_true"] != y_true for x, _ in pairs):
+                continue
+            gain = compare(y_true, [x["proba"] for x, _ in pairs], [y["proba"] for _, y in pairs])
+            cells[cell] = {"text": gain.text(), "verdict": gain.verdict, "seeds": len(pairs)}
+        found.append({"claim": claim, "a": a, "b": b, "seeds": seeds, "cells": cells})
+    return found
+
+
 def comparison_summary(args: argparse.Namespace) -> int:
-    """``comparison.json`` and ``comparison.md``: each finished method next to the references."""
+    """``comparison.json``, ``comparison.md`` and ``predictions.json``: each finished method
+    (and seed) next to the references of its seed, and the thesis's claims as paired tests."""
     out = Path(args.out) / "compare"
+    results = Path(args.results) if args.results else out
+    predictions = _predictions(out, results)
+    _write_json(results / "predictions.json", predictions)
     doc: dict[str, Any] = {"settings": {k: v for k, v in compare_recipe("simclr", args, True)["steps"][0].items()}}
+    doc["settings"].pop("seed", None)
     doc["commit"] = _commit()
     table: dict[str, Any] = {}
-    refs = {t: _rows(out / "runs" / ("simclr" if t == "kermany" else "covid3__simclr")) for t in ("kermany", "covid3")}
-    for method in COMPARED:
-        for target, run_dir in (("kermany", out / "runs" / method), ("covid3", out / "runs" / f"covid3__{method}")):
-            rows = _rows(run_dir)
-            if not rows:
-                continue
-            entry = table.setdefault(method, {})
-            time_file = out / "times" / f"{method}.json"
-            if time_file.is_file():
-                entry["seconds"] = json.loads(time_file.read_text())["seconds"]
-            for probe_name, fraction in (("linear", 0.01), ("linear", 0.1), ("linear", 1.0), ("fine-tune", 0.1)):
-                row = pick_row(rows, "sslmed", probe_name, fraction)
-                if row is None or not row.get("test_predictions"):
-                    continue
-                cell: dict[str, Any] = _metrics(row)
-                y = row["test_predictions"]["y_true"]
+    for name in sorted(
+        predictions, key=lambda k: (k.count("@"), list(COMPARED).index(_split_key(k.split("@")[-1])[0]), k)
+    ):
+        entry = table.setdefault(name, {})
+        key = name.split("@")[-1]
+        time_file = out / "times" / f"{key}.json"
+        if "@" not in name and time_file.is_file():
+            entry["seconds"] = json.loads(time_file.read_text())["seconds"]
+        seed = _split_key(key)[1]
+        for cell, pred in predictions[name].items():
+            metrics: dict[str, Any] = _metrics({"test_predictions": pred})
+            if "@" not in name:
                 for model in ("random_init", "raw_pixels"):
-                    ref = pick_row(refs[target], model, probe_name, fraction)
-                    if ref and ref.get("test_predictions") and ref["test_predictions"]["y_true"] == y:
-                        gain = compare(y, [row["test_predictions"]["proba"]], [ref["test_predictions"]["proba"]])
-                        cell[f"gain_over_{model}"] = {"text": gain.text(), "verdict": gain.verdict}
-                entry[f"{target}/{probe_name}_{fraction:g}"] = cell
-    for target in ("kermany", "covid3"):
-        for model in ("random_init", "raw_pixels"):
-            for probe_name, fraction in (("linear", 0.01), ("linear", 0.1), ("linear", 1.0), ("fine-tune", 0.1)):
-                row = pick_row(refs[target], model, probe_name, fraction)
-                if row and row.get("test_predictions"):
-                    table.setdefault(model, {})[f"{target}/{probe_name}_{fraction:g}"] = _metrics(row)
+                    ref = predictions.get(f"{model}@{run_key('simclr', seed)}", {}).get(cell)
+                    if ref and ref["y_true"] == pred["y_true"]:
+                        gain = compare(pred["y_true"], [pred["proba"]], [ref["proba"]])
+                        metrics[f"gain_over_{model}"] = {"text": gain.text(), "verdict": gain.verdict}
+            entry[cell] = metrics
     doc["table"] = table
-    results = Path(args.results) if args.results else out
+    doc["claims"] = claims(predictions)
     _write_json(results / "comparison.json", doc)
-    columns = ["kermany/linear_0.01", "kermany/linear_0.1", "kermany/linear_1", "kermany/fine-tune_0.1"]
-    columns += ["covid3/linear_0.1", "covid3/linear_1"]
+    columns = [f"kermany/{p}_{f:g}" for p, f in CELLS] + ["covid3/linear_0.1", "covid3/linear_1"]
     lines = [
         "# Method comparison at the same images seen",
         "",
-        f"Balanced accuracy [95% bootstrap interval over test images]; settings `{json.dumps(doc['settings'])}`.",
+        "Balanced accuracy [95% bootstrap interval over test images]; gains paired against the"
+        " references of the same seed (`random_init@simclr__seedN`);"
+        f" settings `{json.dumps(doc['settings'])}`.",
         "",
-        "| method | pre-training s | " + " | ".join(columns) + " |",
+        "| run | pre-training s | " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(columns),
     ]
     for method, entry in table.items():
@@ -423,6 +494,15 @@ def comparison_summary(args: argparse.Namespace) -> int:
             gain = cell.get("gain_over_random_init")
             cells.append(text + (f"; vs random init {gain['text']}" if gain else ""))
         lines.append("| " + " | ".join(cells) + " |")
+    if doc["claims"]:
+        lines += ["", "## The thesis's claims, paired (A - B, balanced accuracy)", ""]
+        lines += ["| claim | seeds | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+        for claim in doc["claims"]:
+            row = [claim["claim"], ",".join(map(str, claim["seeds"]))]
+            for column in columns:
+                cell = claim["cells"].get(column)
+                row.append(f"{cell['text']} ({cell['verdict']})" if cell else "-")
+            lines.append("| " + " | ".join(row) + " |")
     (results / "comparison.md").write_text("\n".join(lines) + "\n")
     return 0
 
