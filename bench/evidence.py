@@ -394,6 +394,9 @@ def _predictions(out: Path, results: Path) -> dict[str, Any]:
     across sessions)."""
     path = results / "predictions.json"
     kept: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    # an earlier sweep also kept each run's own rows under their model names (``sslmed:corpus@run``):
+    # the same numbers as ``run``, so only the current names are kept
+    kept = {name: cells for name, cells in kept.items() if _is_current_name(name)}
     for run_dir in sorted((out / "runs").glob("*")):
         target, key = (
             ("covid3", run_dir.name[len("covid3__") :])
@@ -401,7 +404,7 @@ def _predictions(out: Path, results: Path) -> dict[str, Any]:
             else ("kermany", run_dir.name)
         )
         rows = _rows(run_dir)
-        for model in ("sslmed", "random_init", "raw_pixels"):
+        for model in ("sslmed", *REFERENCES):
             name = key if model == "sslmed" else f"{model}@{key}"
             for probe_name, fraction in CELLS:
                 row = pick_row(rows, model, probe_name, fraction)
@@ -409,6 +412,22 @@ def _predictions(out: Path, results: Path) -> dict[str, Any]:
                     cell = {k: row["test_predictions"][k] for k in ("y_true", "proba")}
                     kept.setdefault(name, {})[f"{target}/{probe_name}_{fraction:g}"] = cell
     return kept
+
+
+REFERENCES = ("random_init", "raw_pixels")
+
+
+def _is_current_name(name: str) -> bool:
+    """A run (``method`` or ``method__seedN``) or a reference of one (``random_init@run``)."""
+    model, _, run = name.rpartition("@")
+    return not model or model in REFERENCES
+
+
+def _is_shown(name: str) -> bool:
+    """Every run, and the references once per seed: those of its ``simclr`` run (every run's
+    fine-tuning also fine-tunes the random init, the same network as ``simclr``'s, seed for seed)."""
+    model, _, run = name.rpartition("@")
+    return not model or (model in REFERENCES and _split_key(run)[0] == "simclr")
 
 
 def _split_key(name: str) -> tuple[str, int]:
@@ -451,9 +470,8 @@ def comparison_summary(args: argparse.Namespace) -> int:
     doc["settings"].pop("seed", None)
     doc["commit"] = _commit()
     table: dict[str, Any] = {}
-    for name in sorted(
-        predictions, key=lambda k: (k.count("@"), list(COMPARED).index(_split_key(k.split("@")[-1])[0]), k)
-    ):
+    shown = [name for name in predictions if _is_shown(name)]
+    for name in sorted(shown, key=lambda k: (k.count("@"), list(COMPARED).index(_split_key(k.split("@")[-1])[0]), k)):
         entry = table.setdefault(name, {})
         key = name.split("@")[-1]
         time_file = out / "times" / f"{key}.json"
@@ -463,7 +481,7 @@ def comparison_summary(args: argparse.Namespace) -> int:
         for cell, pred in predictions[name].items():
             metrics: dict[str, Any] = _metrics({"test_predictions": pred})
             if "@" not in name:
-                for model in ("random_init", "raw_pixels"):
+                for model in REFERENCES:
                     ref = predictions.get(f"{model}@{run_key('simclr', seed)}", {}).get(cell)
                     if ref and ref["y_true"] == pred["y_true"]:
                         gain = compare(pred["y_true"], [pred["proba"]], [ref["proba"]])
