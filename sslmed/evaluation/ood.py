@@ -145,19 +145,33 @@ GATE_BINS = 16
 GATE_TENSOR_PREFIX = "ood_gate"
 
 
+def intensity_statistics(x: torch.Tensor) -> torch.Tensor:
+    """``N×20`` float32 intensity statistics of normalised model inputs ``N×C×H×W`` (values
+    in about -1..1): a 16-bin histogram over -1..1 (values outside in the end bins), mean,
+    standard deviation, share below -0.9 and above 0.9.
+
+    Written with comparisons and sums only, so that the ONNX graph computes exactly what
+    :func:`input_statistics` does: each bin is the difference of two counts of pixels at or
+    below an edge (whole numbers, exact in float32), as ``torch.bucketize`` would sort them."""
+    flat = x.float().flatten(1)
+    pixels = flat.shape[1]
+    edges = torch.linspace(-1.0, 1.0, GATE_BINS + 1)[1:-1].tolist()  # the 15 inner edges
+    at_most = torch.stack([(flat <= edge).float().sum(1) for edge in edges], dim=1)
+    counts = torch.diff(
+        at_most, dim=1, prepend=torch.zeros_like(at_most[:, :1]), append=torch.full_like(at_most[:, :1], pixels)
+    )
+    extra = [flat.mean(1), flat.std(1), (flat < -0.9).float().mean(1), (flat > 0.9).float().mean(1)]
+    return torch.cat([counts / pixels, torch.stack(extra, dim=1)], dim=1)
+
+
 def input_statistics(x: torch.Tensor) -> np.ndarray:
-    """``N×20`` intensity statistics of normalised model inputs ``N×C×H×W`` (values in
-    about -1..1): a 16-bin histogram, mean, standard deviation, share below -0.9 and above 0.9.
+    """:func:`intensity_statistics` as a float64 array, the input gate's features.
 
     A CT or MRI slice (black surround, another grey-level distribution) or a hand radiograph
     (mostly black background) differs from a chest radiograph here whatever the encoder
     learnt, so this catches what a feature distance of a small encoder misses."""
-    flat = x.detach().float().flatten(1).cpu()
-    edges = torch.linspace(-1.0, 1.0, GATE_BINS + 1)
-    index = torch.bucketize(flat.clamp(-1.0, 1.0 - 1e-6), edges[1:-1])
-    hist = torch.zeros(flat.shape[0], GATE_BINS).scatter_add_(1, index, torch.ones_like(flat)) / flat.shape[1]
-    extra = torch.stack([flat.mean(1), flat.std(1), (flat < -0.9).float().mean(1), (flat > 0.9).float().mean(1)], dim=1)
-    return torch.cat([hist, extra], dim=1).double().numpy()
+    with torch.no_grad():
+        return intensity_statistics(x.detach().cpu()).double().numpy()
 
 
 class InputStatistics(torch.nn.Module):

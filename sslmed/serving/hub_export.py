@@ -63,10 +63,18 @@ def model_config(meta: dict[str, Any], onnx_outputs: list[str] | None) -> dict[s
             "std": values["std"],
         },
         "calibration": {"temperature": meta["calibration"]["temperature"]} if meta.get("calibration") else None,
-        "ood": {"score": ood["score"], "threshold": ood["threshold"], "quantile": ood["quantile"]} if ood else None,
+        "ood": _ood_config(ood) if ood else None,
         "files": {"weights": "model.safetensors", "onnx": "model.onnx" if onnx_outputs else None},
         "onnx": {"input": "pixel_values", "outputs": onnx_outputs} if onnx_outputs else None,
     }
+
+
+def _ood_config(ood: dict[str, Any]) -> dict[str, Any]:
+    """The OOD scores' names and thresholds: an image is flagged when either is over its own."""
+    config = {"score": ood["score"], "threshold": ood["threshold"], "quantile": ood["quantile"]}
+    if ood.get("gate"):
+        config["gate"] = {"score": ood["gate"]["score"], "threshold": ood["gate"]["threshold"]}
+    return config
 
 
 def metric_intervals(results: dict[str, Any] | None, metrics: dict[str, Any]) -> dict[str, tuple[float, float]]:
@@ -152,9 +160,15 @@ def model_card(meta: dict[str, Any], intervals: dict[str, tuple[float, float]], 
             f"(fitted on {calibration.get('fitted_on', '?')})."
         )
     if ood:
+        gate = ood.get("gate")
         lines.append(
             f"Out-of-distribution flag: feature distance above {ood['threshold']:.3f} "
-            f"(the {ood['quantile']:.0%} quantile on {ood.get('fitted_on', '?')})."
+            f"(the {ood['quantile']:.0%} quantile on {ood.get('fitted_on', '?')})"
+            + (
+                f", or the input's intensity statistics further than {gate['threshold']:.3f} from the training images'."
+                if gate
+                else "."
+            )
         )
     lines += [
         "",
@@ -187,7 +201,13 @@ def model_card(meta: dict[str, Any], intervals: dict[str, tuple[float, float]], 
         lines += [
             "With onnxruntime only: `model.onnx` takes `pixel_values` (batch×C×H×W float32, prepared as "
             "`config.json`'s `preprocessing` says) and returns `probabilities`, `features`"
-            + (" and `ood_score` (flag: above `config.json`'s `ood.threshold`)." if ood else "."),
+            + (
+                ", `ood_score` (the feature distance)"
+                + (", `gate_score` (the input-statistics distance)" if ood and ood.get("gate") else "")
+                + " and `ood_flag` (either over its threshold in `config.json`'s `ood`)."
+                if ood
+                else "."
+            ),
             "",
         ]
     return "\n".join(lines)
@@ -212,10 +232,10 @@ def write_export(model_dir: Path, out: Path, formats: tuple[str, ...] = ("safete
     outputs = None
     if "onnx" in formats:
         # lazily: onnx and its exporter load only for --format onnx
-        from sslmed.serving.onnx_export import ONNX_FILE, OUTPUTS, export_onnx
+        from sslmed.serving.onnx_export import ONNX_FILE, export_onnx, graph_outputs
 
         export_onnx(predictor, out / ONNX_FILE)
-        outputs = list(OUTPUTS if predictor.ood is not None else OUTPUTS[:2])
+        outputs = graph_outputs(predictor)
     results_path = predictor.model_dir.parent / RESULTS_JSON
     results = None
     if results_path.is_file():

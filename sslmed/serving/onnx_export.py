@@ -12,7 +12,12 @@ with ``config.json``'s ``preprocessing``). Its input ``pixel_values`` is
   out-of-distribution score or downstream model;
 * ``ood_score`` (``batch``, only when the export has an OOD score): the
   :class:`sslmed.evaluation.ood.FeatureDistance` score, flagged above ``config.json``'s
-  ``ood.threshold``.
+  ``ood.threshold``;
+* ``gate_score`` (``batch``, only when the export has the input gate): the
+  :class:`sslmed.evaluation.ood.InputGate` score of the input's intensity statistics,
+  flagged above ``ood.gate.threshold``;
+* ``ood_flag`` (``batch``, bool, with ``ood_score``): either score above its threshold,
+  the flag ``sslmed predict`` and the page give.
 
 :class:`OnnxPredictor` runs such a file with onnxruntime and numpy only.
 """
@@ -33,11 +38,19 @@ import torch
 from torch import nn
 
 from sslmed.core.errors import CheckpointError, UsageError
+from sslmed.evaluation.ood import intensity_statistics
 
 ONNX_FILE = "model.onnx"
 #: the opset the exporter writes (onnxruntime >= 1.17 runs it)
 OPSET = 18
-INPUT, OUTPUTS = "pixel_values", ("probabilities", "features", "ood_score")
+INPUT, OUTPUTS = "pixel_values", ("probabilities", "features", "ood_score", "gate_score", "ood_flag")
+
+
+def graph_outputs(predictor: Any) -> list[str]:
+    """The outputs a predictor's graph has: the OOD ones only where its export has them."""
+    if predictor.ood is None:
+        return list(OUTPUTS[:2])
+    return [name for name in OUTPUTS if name != "gate_score" or predictor.gate is not None]
 
 
 #: loggers of the exporter's graph optimiser, which log every rewrite at INFO
@@ -67,9 +80,17 @@ class ExportGraph(nn.Module):
         self.temperature = float(predictor.temperature)
         self.sigmoid = predictor.task.activation == "sigmoid"
         self.with_ood = predictor.ood is not None
+        self.with_gate = self.with_ood and predictor.gate is not None
         if self.with_ood:  # float32 in the graph; the score is a distance of unit vectors
             self.register_buffer("means", torch.tensor(predictor.ood.means, dtype=torch.float32))
             self.register_buffer("precision", torch.tensor(predictor.ood.precision, dtype=torch.float32))
+            self.ood_threshold = float(predictor.ood.threshold)
+        if self.with_gate:
+            # float64: the statistics' covariance is nearly singular (the histogram sums to 1),
+            # so its precision has large entries of both signs that float32 would cancel badly
+            self.register_buffer("gate_mean", torch.tensor(predictor.gate.mean, dtype=torch.float64))
+            self.register_buffer("gate_precision", torch.tensor(predictor.gate.precision, dtype=torch.float64))
+            self.gate_threshold = float(predictor.gate.threshold)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.backbone(pixel_values)
@@ -82,7 +103,12 @@ class ExportGraph(nn.Module):
         diff = z[:, None, :] - means[None, :, :]  # batch × classes × features
         squared = ((diff @ precision) * diff).sum(dim=2)
         score = torch.sqrt(torch.clamp(squared.min(dim=1).values, min=0.0))
-        return probabilities, features, score
+        flag = score > self.ood_threshold
+        if not self.with_gate:
+            return probabilities, features, score, flag
+        d = intensity_statistics(pixel_values).double() - cast(torch.Tensor, self.gate_mean)[None, :]
+        gate = torch.sqrt(torch.clamp(((d @ cast(torch.Tensor, self.gate_precision)) * d).sum(dim=1), min=0.0))
+        return probabilities, features, score, gate.float(), flag | (gate > self.gate_threshold)
 
 
 def export_onnx(predictor: Any, path: Path) -> Path:
@@ -92,7 +118,7 @@ def export_onnx(predictor: Any, path: Path) -> Path:
 
     graph = ExportGraph(predictor).eval()
     example = torch.zeros(2, predictor.in_channels, predictor.image_size, predictor.image_size)
-    outputs = OUTPUTS if graph.with_ood else OUTPUTS[:2]
+    outputs = graph_outputs(predictor)
     batch = torch.export.Dim("batch", min=1, max=4096)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")

@@ -58,12 +58,21 @@ def test_onnxruntime_matches_pytorch_on_real_images(exported: Path, images: list
     assert out["probabilities"].shape == (len(images), len(predictor.classes))
     assert np.abs(out["probabilities"] - expected).max() <= 1e-4
     threshold = onnx.config["ood"]["threshold"]
-    # the graph's score is the feature distance; the input gate (issue 23) is not in the graph
-    torch_flags = [r.ood_score > r.ood_threshold for r in torch_results]
-    assert (out["ood_score"] > threshold).tolist() == torch_flags
+    distance_flags = [r.ood_score > r.ood_threshold for r in torch_results]
+    assert (out["ood_score"] > threshold).tolist() == distance_flags
     assert predictor.ood is not None
-    assert predictor.ood.flag(predictor.ood.score(out["features"])).tolist() == torch_flags
+    assert predictor.ood.flag(predictor.ood.score(out["features"])).tolist() == distance_flags
     np.testing.assert_allclose(out["ood_score"], [r.ood_score for r in torch_results], rtol=1e-3)
+    # the input gate is in the graph too: its score, and the flag predict and the page give
+    assert predictor.gate is not None
+    np.testing.assert_allclose(out["gate_score"], [r.gate_score for r in torch_results], rtol=1e-4)
+    assert (out["gate_score"] > onnx.config["ood"]["gate"]["threshold"]).tolist() == [
+        r.gate_score > r.gate_threshold for r in torch_results
+    ]
+    flags = [r.ood_flag for r in torch_results]
+    assert out["ood_flag"].tolist() == flags
+    assert any(flags) and not all(flags), flags  # real images of both kinds: the check can tell them apart
+    assert sum(flags) > sum(distance_flags), "the not_cxr images only the gate catches are flagged in the graph too"
     # dynamic batch: one image at a time gives the same answers
     single = np.concatenate([onnx.run(pixels[i : i + 1])["probabilities"] for i in range(3)])
     assert np.abs(single - out["probabilities"][:3]).max() <= 1e-5
@@ -80,7 +89,11 @@ def test_export_folder_describes_itself(exported: Path, images: list[Path]) -> N
     config = json.loads((exported / "config.json").read_text())
     meta = json.loads((exported / "model.json").read_text())
     assert list(config["id2label"].values()) == meta["classes"]
-    assert config["onnx"] == {"input": "pixel_values", "outputs": ["probabilities", "features", "ood_score"]}
+    assert config["onnx"] == {
+        "input": "pixel_values",
+        "outputs": ["probabilities", "features", "ood_score", "gate_score", "ood_flag"],
+    }
+    assert set(config["ood"]) == {"score", "threshold", "quantile", "gate"}
     assert config["preprocessing"]["resize"] == [meta["image_size"]] * 2
     card = (exported / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: sslmed\n")
