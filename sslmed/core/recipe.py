@@ -270,6 +270,14 @@ class EvaluationSettings(_Strict):
         description="calibrate the exported linear probe and fit its out-of-distribution score "
         "(multi-class); off for experiment grids whose models are never served",
     )
+    export: Literal["linear", "fine-tuned"] = Field(
+        "linear",
+        description="the classifier written to the run's model/ (what sslmed serve, predict and export use): "
+        "'linear', the linear probe on the frozen pre-trained backbone with all training labels; or "
+        "'fine-tuned', the backbone fine-tuned end to end with all training labels (the finetune "
+        "settings), with a linear probe fitted on its features so that calibration and the "
+        "out-of-distribution check are fitted as for 'linear'",
+    )
 
     @pydantic.field_validator("label_fractions")
     @classmethod
@@ -278,6 +286,17 @@ class EvaluationSettings(_Strict):
             if not 0 < fraction <= 1:
                 raise ValueError(f"each label fraction must be in (0, 1], got {fraction}")
         return value
+
+    @pydantic.model_validator(mode="after")
+    def _fine_tuned_export_needs_finetuning(self) -> EvaluationSettings:
+        if self.export == "fine-tuned" and self.finetune is None:
+            raise ValueError(
+                "export: 'fine-tuned' needs a finetune section (e.g. finetune: {epochs: 4}), "
+                "whose settings train the exported model"
+            )
+        if self.export == "fine-tuned" and "linear" not in self.probes:
+            raise ValueError("export: 'fine-tuned' needs 'linear' in probes (the exported head is a linear probe)")
+        return self
 
 
 class Recipe(_Strict):

@@ -3,7 +3,8 @@
 Every results table shows the pre-trained backbone next to the same backbone at
 random initialisation, a probe on raw pixels and a supervised-from-scratch model, so
 a reader sees what pre-training bought. :func:`evaluate` is the one call: it returns
-the rows and the fitted linear probe (with its calibration and OOD score);
+the rows and the fitted linear probe (with its calibration and OOD score), on the frozen
+backbone or, with ``export: fine-tuned``, on the backbone fine-tuned with all the labels;
 :mod:`sslmed.app.results` writes them and :mod:`sslmed.serving.export` exports the probe.
 """
 
@@ -18,6 +19,7 @@ import lightning as L
 from sslmed.artifacts.exports import load_backbone_weights
 from sslmed.artifacts.rundir import StepDir
 from sslmed.core.backbone import Backbone
+from sslmed.core.errors import UsageError
 from sslmed.core.recipe import Recipe
 from sslmed.core.registry import Registry
 from sslmed.core.tasks import MULTICLASS, Task, task_for
@@ -58,6 +60,11 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
     assert settings is not None  # callers check; the message is theirs
     step = recipe.probed_step()
     task = task_for(source.task)
+    if settings.export == "fine-tuned" and not task.supervised_reference:
+        raise UsageError(
+            f"evaluation.export: 'fine-tuned' is not available for {settings.data}'s multi-label task yet "
+            "(valid there: linear)"
+        )
 
     def labelled(split: str) -> LabelledSplit:  # unlabelled images are for pre-training only
         return LabelledSplit(source, [r for r in source.records(split) if r.is_labelled])
@@ -85,25 +92,45 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
     gated = {**models, INPUT_STATISTICS: cast(Backbone, InputStatistics())} if settings.trust else models
     per_split = {k: extract_features(gated, s, size, channels, batch) for k, s in splits.items()}
     result = Evaluation([], source.classes, task, pretrained, model=name)
+
+    def exported(model: str, backbone: Backbone, features: FeatureSet, linear: Any) -> None:
+        """``model``'s linear probe becomes the export, with its temperature and OOD score."""
+        result.model, result.backbone, result.linear = model, backbone, linear
+        if settings.trust and linear is not None and task.name == MULTICLASS.name:
+            log.info("evaluation: calibrating the linear probe and fitting the out-of-distribution score")
+            result.trust = fit_trust(
+                linear,
+                len(source.classes),
+                (features.train, labels["train"]),
+                (features.test, labels["test"]),
+                (features.val, labels["val"]) if features.val is not None else None,
+                seed=settings.seed,
+                statistics={k: v[INPUT_STATISTICS] for k, v in per_split.items()},
+            )
+
+    def export_fine_tuned(backbone: Backbone) -> None:
+        """The backbone fine-tuned on all training labels, with a linear probe on its features
+        (regularisation chosen on validation as for every probe) as the export."""
+        tuned_name = f"fine-tuned:{step.name}"
+        backbone = backbone.cpu().eval()
+        log.info("evaluation: the export is %s; probing its features", tuned_name)
+        extracted = {
+            k: extract_features({tuned_name: backbone}, s, size, channels, batch)[tuned_name] for k, s in splits.items()
+        }
+        features = FeatureSet(tuned_name, extracted["train"], extracted["test"], extracted.get("val"))
+        only_linear = settings.model_copy(update={"probes": ["linear"], "label_fractions": [1.0]})
+        probed = probe_rows(features, labels, source.classes, only_linear, task)
+        result.rows += probed.rows
+        exported(tuned_name, backbone, features, probed.linear)
+
     for model in models:
         features = FeatureSet(
             model, per_split["train"][model], per_split["test"][model], per_split.get("val", {}).get(model)
         )
         probed = probe_rows(features, labels, source.classes, settings, task)
         result.rows += probed.rows
-        if model == name:
-            result.linear = probed.linear
-            if settings.trust and probed.linear is not None and task.name == MULTICLASS.name:
-                log.info("evaluation: calibrating the linear probe and fitting the out-of-distribution score")
-                result.trust = fit_trust(
-                    probed.linear,
-                    len(source.classes),
-                    (features.train, labels["train"]),
-                    (features.test, labels["test"]),
-                    (features.val, labels["val"]) if features.val is not None else None,
-                    seed=settings.seed,
-                    statistics={k: v[INPUT_STATISTICS] for k, v in per_split.items()},
-                )
+        if model == name and settings.export == "linear":
+            exported(name, pretrained, features, probed.linear)
     if "supervised" in settings.baselines and not task.supervised_reference:
         log.warning("evaluation: the supervised reference is not available for multi-label data yet; skipped")
     elif "supervised" in settings.baselines:
@@ -160,5 +187,12 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
             return backbone
 
         tuned = {name: pretrained_copy, "random_init": build_backbone}  # same network, same seed, same schedule
-        result.rows += finetune_rows(tuned, splits, source.classes, size, channels, settings)
+        keep: dict[tuple[str, float], Backbone | None] = {(name, 1.0): None} if settings.export == "fine-tuned" else {}
+        result.rows += finetune_rows(tuned, splits, source.classes, size, channels, settings, keep=keep)
+        if settings.export == "fine-tuned" and keep[(name, 1.0)] is None:  # 100% is not among the rows' fractions
+            result.rows += finetune_rows(
+                {name: pretrained_copy}, splits, source.classes, size, channels, settings, [1.0], keep
+            )
+        if settings.export == "fine-tuned":
+            export_fine_tuned(cast(Backbone, keep[(name, 1.0)]))
     return result

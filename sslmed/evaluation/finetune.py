@@ -155,17 +155,22 @@ def finetune_rows(
     image_size: int,
     in_channels: int,
     settings: EvaluationSettings,
+    fractions: list[float] | None = None,
+    keep: dict[tuple[str, float], Backbone | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One ``fine-tune`` results row per model and label fraction. ``models`` maps a row
-    name to a factory of a fresh backbone (pre-trained weights loaded, or random init),
-    so each fraction starts from the same weights."""
+    """One ``fine-tune`` results row per model and label fraction (``fractions``, else
+    ``finetune.label_fractions``, else the evaluation's). ``models`` maps a row name to a
+    factory of a fresh backbone (pre-trained weights loaded, or random init), so each
+    fraction starts from the same weights. Each ``(name, fraction)`` key of ``keep`` gets
+    that fine-tuned backbone (its best validation epoch), e.g. for the model export."""
     assert settings.finetune is not None
     rows = []
-    for fraction in settings.finetune.label_fractions or settings.label_fractions:
+    for fraction in fractions or settings.finetune.label_fractions or settings.label_fractions:
         for name, make in models.items():
             log.info("evaluation: fine-tuning %s on %.0f%% of the labels", name, 100 * fraction)
+            backbone = make()
             proba, info = finetune_proba(
-                make(),
+                backbone,
                 splits["train"],
                 splits.get("val"),
                 splits["test"],
@@ -189,4 +194,6 @@ def finetune_rows(
                     "test_predictions": task.predictions(test.labels, proba),
                 }
             )
+            if keep is not None and (name, fraction) in keep:
+                keep[(name, fraction)] = backbone  # trained in place: the module holds this object
     return rows
