@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from serve_load import add_trust, export_resnet18
+from serve_load import export_resnet18
 
 from sslmed.serving.batch_predict import embed_archive, predict_archive
 from sslmed.serving.predict import Predictor
@@ -45,8 +45,7 @@ def main() -> None:
     for i, path in enumerate(files[: args.images]):
         (archive / str(i % 10)).mkdir(parents=True, exist_ok=True)
         os.symlink(path, archive / str(i % 10) / f"{i}{path.suffix}")
-    model = export_resnet18(work / "model", args.size)
-    add_trust(model)
+    model = export_resnet18(work / "model", args.size, trust=True)
     predictor = Predictor(model, device="cpu")
     print(
         f"{datetime.date.today()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, torch threads "

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from serve_load import add_trust, export_resnet18
+from serve_load import export_resnet18
 
 from sslmed.serving.hub_export import write_export
 from sslmed.serving.onnx_export import OnnxPredictor
@@ -51,8 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="sslmed-onnx-bench-"))
-    model = export_resnet18(folder / "model", args.size)
-    add_trust(model)
+    model = export_resnet18(folder / "model", args.size, trust=True)
     write_export(model, folder / "export", ("safetensors", "onnx"))
     predictor = Predictor(folder / "export", device="cpu")
     onnx = OnnxPredictor(folder / "export", threads=args.threads)
