@@ -64,6 +64,7 @@ def main() -> None:
     )
     print("| batch | PyTorch ms | onnxruntime ms | ratio ort/torch (median; per round) |")
     print("|---|---|---|---|")
+
     def torch_side(x: torch.Tensor) -> None:
         """What the graph computes: probabilities, features, the OOD score and the input gate's."""
         predictor.forward_batch(x)
