@@ -77,13 +77,14 @@ def evaluate_run(
 
 
 def export_model(run: RunDir, recipe: Recipe, found: Evaluation) -> None:
-    """``model/``: the probed backbone with its linear probe as the head, and its metrics."""
+    """``model/``: the probed backbone with its linear probe as the head (or, with
+    ``export: fine-tuned``, the fine-tuned network), and its metrics row."""
     settings, step = recipe.evaluation, recipe.probed_step()
     assert settings is not None
     step_dir = run.step(step.name)
     extras = read_backbone_meta(step_dir.path).get("extras", {})
     row = next(
-        r for r in found.rows if r["model"] == found.model and r["probe"] == "linear" and r["label_fraction"] == 1.0
+        r for r in found.rows if r["model"] == found.model and r["probe"] == found.probe and r["label_fraction"] == 1.0
     )
     export_classifier(
         run.model_dir,

@@ -274,9 +274,9 @@ class EvaluationSettings(_Strict):
         "linear",
         description="the classifier written to the run's model/ (what sslmed serve, predict and export use): "
         "'linear', the linear probe on the frozen pre-trained backbone with all training labels; or "
-        "'fine-tuned', the backbone fine-tuned end to end with all training labels (the finetune "
-        "settings), with a linear probe fitted on its features so that calibration and the "
-        "out-of-distribution check are fitted as for 'linear'",
+        "'fine-tuned', the network fine-tuned end to end with all training labels (the finetune "
+        "settings; needs a validation split), its calibration and out-of-distribution check "
+        "fitted as for 'linear'",
     )
 
     @pydantic.field_validator("label_fractions")
@@ -294,8 +294,6 @@ class EvaluationSettings(_Strict):
                 "export: 'fine-tuned' needs a finetune section (e.g. finetune: {epochs: 4}), "
                 "whose settings train the exported model"
             )
-        if self.export == "fine-tuned" and "linear" not in self.probes:
-            raise ValueError("export: 'fine-tuned' needs 'linear' in probes (the exported head is a linear probe)")
         return self
 
 

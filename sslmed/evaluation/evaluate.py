@@ -3,8 +3,9 @@
 Every results table shows the pre-trained backbone next to the same backbone at
 random initialisation, a probe on raw pixels and a supervised-from-scratch model, so
 a reader sees what pre-training bought. :func:`evaluate` is the one call: it returns
-the rows and the fitted linear probe (with its calibration and OOD score), on the frozen
-backbone or, with ``export: fine-tuned``, on the backbone fine-tuned with all the labels;
+the rows and the model to export: the linear probe on the frozen backbone or, with
+``export: fine-tuned``, the network fine-tuned with all the labels (with its calibration
+and OOD score either way);
 :mod:`sslmed.app.results` writes them and :mod:`sslmed.serving.export` exports the probe.
 """
 
@@ -25,7 +26,7 @@ from sslmed.core.registry import Registry
 from sslmed.core.tasks import MULTICLASS, Task, task_for
 from sslmed.data.sources import ImageSource
 from sslmed.evaluation.features import RAW_PIXELS, FeatureSet, LabelledSplit, extract_features
-from sslmed.evaluation.finetune import finetune_proba, finetune_rows, supervised_schedule
+from sslmed.evaluation.finetune import FineTuneModule, finetune_proba, finetune_rows, head_as_probe, supervised_schedule
 from sslmed.evaluation.ood import InputStatistics
 from sslmed.evaluation.probes import probe_rows
 from sslmed.evaluation.supervised import supervised_proba
@@ -48,6 +49,8 @@ class Evaluation:
     model: str = ""
     #: the linear probe's temperature and OOD score (multi-class only; see :mod:`sslmed.evaluation.trust`)
     trust: TrustFit | None = None
+    #: the probe of the exported model's results row: ``linear``, or ``fine-tune`` (``export: fine-tuned``)
+    probe: str = "linear"
 
 
 INPUT_STATISTICS = "_input_statistics"
@@ -72,6 +75,11 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
     splits = {"train": labelled(settings.train_split), "test": labelled(settings.test_split)}
     if "val" in source.splits and settings.train_split != "val" and settings.test_split != "val":
         splits["val"] = labelled("val")
+    if settings.export == "fine-tuned" and not len(splits.get("val", LabelledSplit(source, [])).records):
+        raise UsageError(
+            f"evaluation.export: 'fine-tuned' needs a validation split in {settings.data} (early stopping "
+            "and the calibration are fitted there): give the dataset val_size or val_from_train"
+        )
     labels = {name: split.labels for name, split in splits.items()}
     size, channels, batch = step.image_size, step.in_channels, settings.batch_size
 
@@ -108,20 +116,15 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
                 statistics={k: v[INPUT_STATISTICS] for k, v in per_split.items()},
             )
 
-    def export_fine_tuned(backbone: Backbone) -> None:
-        """The backbone fine-tuned on all training labels, with a linear probe on its features
-        (regularisation chosen on validation as for every probe) as the export."""
-        tuned_name = f"fine-tuned:{step.name}"
-        backbone = backbone.cpu().eval()
-        log.info("evaluation: the export is %s; probing its features", tuned_name)
-        extracted = {
-            k: extract_features({tuned_name: backbone}, s, size, channels, batch)[tuned_name] for k, s in splits.items()
-        }
-        features = FeatureSet(tuned_name, extracted["train"], extracted["test"], extracted.get("val"))
-        only_linear = settings.model_copy(update={"probes": ["linear"], "label_fractions": [1.0]})
-        probed = probe_rows(features, labels, source.classes, only_linear, task)
-        result.rows += probed.rows
-        exported(tuned_name, backbone, features, probed.linear)
+    def export_fine_tuned(module: FineTuneModule) -> None:
+        """The network fine-tuned on all training labels, its own head included, as the export;
+        its features (for the OOD score) and logits (for the temperature) from this backbone."""
+        backbone = cast(Backbone, module.backbone.cpu().eval())
+        log.info("evaluation: the export is %s fine-tuned on all the labels", name)
+        extracted = {k: extract_features({name: backbone}, s, size, channels, batch)[name] for k, s in splits.items()}
+        features = FeatureSet(name, extracted["train"], extracted["test"], extracted.get("val"))
+        result.probe = "fine-tune"
+        exported(name, backbone, features, head_as_probe(module.head))
 
     for model in models:
         features = FeatureSet(
@@ -187,12 +190,14 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
             return backbone
 
         tuned = {name: pretrained_copy, "random_init": build_backbone}  # same network, same seed, same schedule
-        keep: dict[tuple[str, float], Backbone | None] = {(name, 1.0): None} if settings.export == "fine-tuned" else {}
+        keep: dict[tuple[str, float], FineTuneModule | None] = (
+            {(name, 1.0): None} if settings.export == "fine-tuned" else {}
+        )
         result.rows += finetune_rows(tuned, splits, source.classes, size, channels, settings, keep=keep)
         if settings.export == "fine-tuned" and keep[(name, 1.0)] is None:  # 100% is not among the rows' fractions
             result.rows += finetune_rows(
                 {name: pretrained_copy}, splits, source.classes, size, channels, settings, [1.0], keep
             )
         if settings.export == "fine-tuned":
-            export_fine_tuned(cast(Backbone, keep[(name, 1.0)]))
+            export_fine_tuned(cast(FineTuneModule, keep[(name, 1.0)]))
     return result

@@ -21,7 +21,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from sslmed.core.backbone import Backbone
 from sslmed.core.recipe import EvaluationSettings, FineTuneSettings, SupervisedSettings
@@ -91,6 +94,27 @@ def finetune_proba(
     class-stratified ``fraction`` of ``train``; return test probabilities and what
     happened (epochs run, best validation balanced accuracy, the class weighting).
     ``class_weight``: ``"balanced"`` or ``"none"`` (see :func:`~sslmed.evaluation.supervised.loss_weights`)."""
+    _module, proba, info = finetune_model(
+        backbone, train, val, test, n_classes, image_size, in_channels, settings, seed, fraction, class_weight
+    )
+    return proba, info
+
+
+def finetune_model(
+    backbone: Backbone,
+    train: LabelledSplit,
+    val: LabelledSplit | None,
+    test: LabelledSplit,
+    n_classes: int,
+    image_size: int,
+    in_channels: int,
+    settings: FineTuneSettings,
+    seed: int,
+    fraction: float = 1.0,
+    class_weight: str = "balanced",
+) -> tuple[FineTuneModule, np.ndarray, dict[str, Any]]:
+    """:func:`finetune_proba`, also returning the fine-tuned module (backbone + head, with
+    the weights of its best validation epoch)."""
     L.seed_everything(seed, workers=True, verbose=False)
     loader = training_loader(train, fraction, seed, image_size, in_channels, settings.batch_size, settings.min_scale)
     val_loader = val.loader(eval_transform(image_size, in_channels), in_channels, 256) if val else None
@@ -123,7 +147,28 @@ def finetune_proba(
         # temperature scaling on the validation split, as for the exported linear probe
         val_logits = split_logits(module, val, image_size, in_channels)
         info["calibration"] = calibrate(val_logits, val.labels, test_logits, test.labels).summary()
-    return module.task.activate(torch.from_numpy(test_logits)).numpy(), info
+    return module, module.task.activate(torch.from_numpy(test_logits)).numpy(), info
+
+
+def head_as_probe(head: torch.nn.Linear) -> Pipeline:
+    """A fine-tuned multi-class head as the fitted ``StandardScaler`` + ``LogisticRegression``
+    pipeline the export, the calibration and the OOD fit take (identity scaler), giving
+    the same probabilities: softmax of the head's logits."""
+    weight = head.weight.detach().double().cpu().numpy()
+    bias = head.bias.detach().double().cpu().numpy()
+    if len(bias) == 2:  # scikit-learn's binary form: p(class 1) = sigmoid((w1 - w0) x + b1 - b0)
+        weight, bias = (weight[1] - weight[0])[None], np.array([bias[1] - bias[0]])
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_, scaler.var_ = (
+        np.zeros(head.in_features),
+        np.ones(head.in_features),
+        np.ones(head.in_features),
+    )
+    scaler.n_features_in_ = head.in_features
+    logistic = LogisticRegression()
+    logistic.coef_, logistic.intercept_, logistic.classes_ = weight, bias, np.arange(head.out_features)
+    logistic.n_features_in_ = head.in_features
+    return Pipeline([("standardscaler", scaler), ("logisticregression", logistic)])
 
 
 def supervised_schedule(settings: SupervisedSettings) -> FineTuneSettings:
@@ -156,21 +201,20 @@ def finetune_rows(
     in_channels: int,
     settings: EvaluationSettings,
     fractions: list[float] | None = None,
-    keep: dict[tuple[str, float], Backbone | None] | None = None,
+    keep: dict[tuple[str, float], FineTuneModule | None] | None = None,
 ) -> list[dict[str, Any]]:
     """One ``fine-tune`` results row per model and label fraction (``fractions``, else
     ``finetune.label_fractions``, else the evaluation's). ``models`` maps a row name to a
     factory of a fresh backbone (pre-trained weights loaded, or random init), so each
     fraction starts from the same weights. Each ``(name, fraction)`` key of ``keep`` gets
-    that fine-tuned backbone (its best validation epoch), e.g. for the model export."""
+    that fine-tuned module (backbone + head, its best validation epoch), e.g. for the model export."""
     assert settings.finetune is not None
     rows = []
     for fraction in fractions or settings.finetune.label_fractions or settings.label_fractions:
         for name, make in models.items():
             log.info("evaluation: fine-tuning %s on %.0f%% of the labels", name, 100 * fraction)
-            backbone = make()
-            proba, info = finetune_proba(
-                backbone,
+            module, proba, info = finetune_model(
+                make(),
                 splits["train"],
                 splits.get("val"),
                 splits["test"],
@@ -195,5 +239,5 @@ def finetune_rows(
                 }
             )
             if keep is not None and (name, fraction) in keep:
-                keep[(name, fraction)] = backbone  # trained in place: the module holds this object
+                keep[(name, fraction)] = module
     return rows

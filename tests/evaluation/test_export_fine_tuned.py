@@ -1,6 +1,6 @@
-"""``evaluation.export: fine-tuned``: the run's model/ is the backbone fine-tuned with all the
-training labels and a linear probe on its features, calibrated and with its OOD check,
-and what sslmed serves and predicts is that model (real PneumoniaMNIST radiographs)."""
+"""``evaluation.export: fine-tuned``: the run's model/ is the network fine-tuned with all the
+training labels, its own head included, calibrated and with its OOD check, and what
+sslmed serves and predicts is that model (real PneumoniaMNIST radiographs)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from faults import write_small_data
 from safetensors.torch import load_file
 
 from sslmed.app.runner import run_recipe
-from sslmed.core.errors import RecipeError
+from sslmed.core.errors import RecipeError, UsageError
 from sslmed.core.plugins import get_registry
 from sslmed.core.recipe import load_recipe
 from sslmed.serving.predict import Predictor
@@ -54,11 +54,12 @@ def test_the_export_is_the_fine_tuned_backbone_and_predict_gives_its_answers(dat
     assert ("sslmed:pretrain", "fine-tune", 0.5) in rows and ("random_init", "fine-tune", 0.5) in rows
     assert ("sslmed:pretrain", "fine-tune", 1.0) in rows  # trained for the export, and reported
     assert ("random_init", "fine-tune", 1.0) not in rows
-    tuned = rows[("fine-tuned:pretrain", "linear", 1.0)]
+    tuned = rows[("sslmed:pretrain", "fine-tune", 1.0)]
 
     model_dir = result.run_dir / "model"
     meta = json.loads((model_dir / "model.json").read_text())
-    assert meta["metrics"]["model"] == "fine-tuned:pretrain"
+    assert (meta["metrics"]["model"], meta["metrics"]["probe"]) == ("sslmed:pretrain", "fine-tune")
+    assert meta["metrics"]["balanced_accuracy"] == tuned["balanced_accuracy"]
     assert "calibration" in meta and "gate" in meta["ood"]
     exported = load_file(str(model_dir / "model.safetensors"))
     pretrained = load_file(str(result.run_dir / "steps" / "pretrain" / "backbone.safetensors"))
@@ -67,7 +68,7 @@ def test_the_export_is_the_fine_tuned_backbone_and_predict_gives_its_answers(dat
     ]
     assert len(changed) > len(pretrained) // 2, "the exported backbone is the fine-tuned one, not the pre-trained"
 
-    # what predict answers for the test images is the fine-tuned row's answer
+    # what predict answers for the test images is the fine-tuned network's own answer
     with open(tmp_path / "small" / "labels.csv", newline="") as handle:
         test = [tmp_path / "small" / "images" / r["path"] for r in csv.DictReader(handle) if r["split"] == "test"]
     predictor = Predictor(model_dir, device="cpu")
@@ -75,6 +76,14 @@ def test_the_export_is_the_fine_tuned_backbone_and_predict_gives_its_answers(dat
     assert all(a.calibrated and a.ood_flag is not None for a in answers)
     predicted = [predictor.classes.index(max(a.probabilities, key=a.probabilities.get)) for a in answers]
     assert predicted == np.argmax(tuned["test_predictions"]["proba"], axis=1).tolist()
+
+
+def test_a_fine_tuned_export_without_a_validation_split_is_one_line(data_dir: Path, tmp_path: Path):
+    write_small_data(tmp_path, data_dir / "pneumoniamnist" / "pneumoniamnist.npz")
+    recipe = tmp_path / "tuned.yaml"
+    recipe.write_text(RECIPE.format(root=tmp_path).replace(", val_from_train: 0.25", ""))
+    with pytest.raises(UsageError, match="export: 'fine-tuned' needs a validation split in small"):
+        run_recipe(recipe, runs_dir=tmp_path / "runs", progress=False)
 
 
 def test_a_fine_tuned_export_without_fine_tuning_settings_is_refused_naming_the_key(tmp_path: Path):
