@@ -155,7 +155,7 @@ def trust_markdown(trust: dict[str, Any] | None, split: str = "test") -> str:
     cal = trust.get("calibration")
     if cal:
         lines.append(
-            f"Calibration of the exported linear probe: temperature {cal['temperature']:.3f} fitted on "
+            f"Calibration of the exported model: temperature {cal['temperature']:.3f} fitted on "
             f"{cal['fitted_on']} ({cal['fitted_images']} images); on the {split} split ({cal['test_images']} images) "
             f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}, Brier {cal['brier_before']:.3f} -> "
             f"{cal['brier_after']:.3f} ({cal['bins']} bins; reliability diagram: {RELIABILITY})."

@@ -171,7 +171,7 @@ def test_evaluation_without_trust_exports_an_uncalibrated_model(tiny_recipe, dat
     result = invoke("-q", "run", str(recipe), "--runs-dir", str(tmp_path / "runs"))
     assert result.exit_code == 0, result.output
     run = next((tmp_path / "runs" / "tiny").iterdir())
-    assert "Calibration of the exported linear probe" not in (run / "results.md").read_text()
+    assert "Calibration of the exported model" not in (run / "results.md").read_text()
     model = json.loads((run / "model" / "model.json").read_text())
     assert not model.get("calibration") and not model.get("ood")
     image = next((data_dir / "covid3" / "images" / "Pneumonia").iterdir())
