@@ -105,7 +105,7 @@ def evaluate(recipe: Recipe, registry: Registry, step_dir: StepDir, source: Imag
         """``model``'s linear probe becomes the export, with its temperature and OOD score."""
         result.model, result.backbone, result.linear = model, backbone, linear
         if settings.trust and linear is not None and task.name == MULTICLASS.name:
-            log.info("evaluation: calibrating the linear probe and fitting the out-of-distribution score")
+            log.info("evaluation: calibrating the exported model and fitting the out-of-distribution score")
             result.trust = fit_trust(
                 linear,
                 len(source.classes),
