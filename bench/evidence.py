@@ -85,9 +85,8 @@ def _call(command: list[str], log: Path) -> int:
 def _sslmed_run(recipe: dict[str, Any], path: Path, run_dir: Path, log: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    # --run-dir alone continues an interrupted run in that folder (adding --resume is refused)
     command = [sys.executable, "-m", "sslmed.app.cli", "-q", "run", str(path), "--run-dir", str(run_dir)]
-    if (run_dir / "manifest.json").is_file() and not (run_dir / "results.json").is_file():
-        command.append("--resume")
     return _call(command, log)
 
 
@@ -354,6 +353,21 @@ CLAIMS = [
 ]
 CELLS = [("linear", 0.01), ("linear", 0.1), ("linear", 1.0), ("fine-tune", 0.1)]
 
+#: the multi-step schedule's runs (``stages``): the method on kermany's train split after its
+#: corpus export (``multistep``) or from random init (``single``), the target step the same
+#: length in both; with the corpus export probed as is (the comparison's own run) they make
+#: the thesis's three-way comparison
+STAGED_METHODS = ("simclr", "crsm")
+STAGED = [f"{method}_{kind}" for method in STAGED_METHODS for kind in ("multistep", "single")]
+CLAIMS += [
+    (f"{method}_multistep", f"{method}_single", f"multi-step > single step ({method}: corpus, then kermany)")
+    for method in STAGED_METHODS
+] + [
+    (f"{method}_multistep", method, f"the kermany step adds to the corpus step ({method})") for method in STAGED_METHODS
+]
+#: every run name's base in the order tables show them
+ORDER = [*COMPARED, *STAGED]
+
 
 def comparison(args: argparse.Namespace) -> int:
     """Every method of ``--methods`` for the same images seen, probed on kermany (and covid3).
@@ -384,6 +398,53 @@ def comparison(args: argparse.Namespace) -> int:
                 comparison_summary(args)
             except Exception as error:  # a summary bug must not stop the sweep; compare-summary redoes it
                 print(f"compare-summary failed: {type(error).__name__}: {error}", flush=True)
+    return 1 if failures else 0
+
+
+def staged_recipe(method: str, kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``method`` on kermany's train split for ``--target-epochs``: from the comparison's
+    corpus export of the same seed (``multistep``) or from random init (``single``); then
+    the comparison's evaluation (references left out: the evaluation seed is the
+    comparison's, so they are the rows its ``simclr`` run already has)."""
+    recipe = compare_recipe(method, args, references=False)
+    step = recipe["steps"][0]
+    step.update(name="target", data="kermany", epochs=args.target_epochs)
+    if kind == "multistep":
+        export = Path(args.out) / "compare" / "runs" / run_key(method, args.seed) / "steps" / "corpus"
+        step["init_from"] = str(export)
+    recipe["name"] = f"{method}_{kind}"
+    recipe["data"] = {"kermany": DATA["kermany"]}
+    return recipe
+
+
+def stages(args: argparse.Namespace) -> int:
+    """The multi-step claim at the comparison's budget: for each of ``--methods`` (SimCLR,
+    CRSM) whose corpus run of ``--seed`` has finished, a kermany step after it and the same
+    step from random init, each probed as the comparison probes."""
+    out = Path(args.out) / "compare"
+    failures = 0
+    for method in args.methods.split(","):
+        if method not in STAGED_METHODS:
+            raise SystemExit(f"stages: --methods takes {', '.join(STAGED_METHODS)}, not {method!r}")
+        export = out / "runs" / run_key(method, args.seed) / "steps" / "corpus"
+        for kind in ("multistep", "single"):
+            key = run_key(f"{method}_{kind}", args.seed)
+            run_dir = out / "runs" / key
+            if (run_dir / "results.json").is_file():
+                continue
+            if kind == "multistep" and not (export / "backbone.json").is_file():
+                print(f"stages: {key} needs the corpus run {export} (run compare first)", flush=True)
+                failures += 1
+                continue
+            started = time.perf_counter()
+            recipe = staged_recipe(method, kind, args)
+            code = _sslmed_run(recipe, out / "recipes" / f"{key}.yaml", run_dir, out / "logs" / f"{key}.log")
+            seconds = round(time.perf_counter() - started, 1)
+            _write_json(out / "times" / f"{key}.json", {"seconds": seconds, "exit": code})
+            print(f"[{time.strftime('%H:%M:%S')}] stages {key}: exit {code} in {seconds:.0f} s", flush=True)
+            failures += code != 0
+            if args.results:
+                comparison_summary(args)
     return 1 if failures else 0
 
 
@@ -430,6 +491,20 @@ def _is_shown(name: str) -> bool:
     return not model or (model in REFERENCES and _split_key(run)[0] == "simclr")
 
 
+def references_of(predictions: dict[str, Any], model: str, seed: int) -> dict[str, Any]:
+    """The ``model`` reference's cells for a run of ``seed``: those of that seed's ``simclr``
+    run, else of any seed's. The evaluation seed is the same (0) in every run, and with it
+    the random-init network, the label subsets and the raw-pixel probe, so a reference does
+    not depend on the pre-training seed (seeds 0 and 1 gave identical rows)."""
+    own = predictions.get(f"{model}@{run_key('simclr', seed)}")
+    if own:
+        return dict(own)
+    for name in sorted(predictions):
+        if name.startswith(f"{model}@simclr"):
+            return dict(predictions[name])
+    return {}
+
+
 def _split_key(name: str) -> tuple[str, int]:
     method, _, seed = name.partition("__seed")
     return method, int(seed or 0)
@@ -470,19 +545,24 @@ def comparison_summary(args: argparse.Namespace) -> int:
     doc["settings"].pop("seed", None)
     doc["commit"] = _commit()
     table: dict[str, Any] = {}
+    # a run finished on another machine keeps the time its summary recorded there
+    previous = results / "comparison.json"
+    recorded = json.loads(previous.read_text()).get("table", {}) if previous.is_file() else {}
     shown = [name for name in predictions if _is_shown(name)]
-    for name in sorted(shown, key=lambda k: (k.count("@"), list(COMPARED).index(_split_key(k.split("@")[-1])[0]), k)):
+    for name in sorted(shown, key=lambda k: (k.count("@"), ORDER.index(_split_key(k.split("@")[-1])[0]), k)):
         entry = table.setdefault(name, {})
         key = name.split("@")[-1]
         time_file = out / "times" / f"{key}.json"
         if "@" not in name and time_file.is_file():
             entry["seconds"] = json.loads(time_file.read_text())["seconds"]
+        elif "seconds" in recorded.get(name, {}):
+            entry["seconds"] = recorded[name]["seconds"]
         seed = _split_key(key)[1]
         for cell, pred in predictions[name].items():
             metrics: dict[str, Any] = _metrics({"test_predictions": pred})
             if "@" not in name:
                 for model in REFERENCES:
-                    ref = predictions.get(f"{model}@{run_key('simclr', seed)}", {}).get(cell)
+                    ref = references_of(predictions, model, seed).get(cell)
                     if ref and ref["y_true"] == pred["y_true"]:
                         gain = compare(pred["y_true"], [pred["proba"]], [ref["proba"]])
                         metrics[f"gain_over_{model}"] = {"text": gain.text(), "verdict": gain.verdict}
@@ -578,7 +658,7 @@ def render(doc: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["train", "probe", "summary", "all", "compare", "compare-summary"])
+    parser.add_argument("command", choices=["train", "probe", "summary", "all", "compare", "compare-summary", "stages"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--results", help="where summary writes curve.json/curve.md (default: --out)")
     parser.add_argument("--method", choices=sorted(METHODS), default="simclr")
@@ -592,12 +672,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=-1, help="a smoke test's cap on optimiser steps")
     parser.add_argument("--compare-epochs", type=int, default=10, help="10 x 21,708 = 217,080 images per method")
-    parser.add_argument("--methods", default=",".join(COMPARED), help="compare: which, in order")
+    parser.add_argument("--methods", default=",".join(COMPARED), help="compare, stages: which, in order")
+    parser.add_argument("--target-epochs", type=int, default=10, help="stages: epochs of the kermany step")
     args = parser.parse_args()
     if args.command == "compare":
         return comparison(args)
     if args.command == "compare-summary":
         return comparison_summary(args)
+    if args.command == "stages":
+        return stages(args)
     if args.command == "train":
         return train(args)
     if args.command == "probe":
