@@ -64,6 +64,11 @@ class CheckpointError(SslmedError):
     """A checkpoint or exported model is missing, corrupt, or from another model."""
 
 
+class TrainingDiverged(SslmedError):
+    """The loss or a gradient stopped being finite; training stopped there, before the
+    weights were changed by it, and nothing of the step was exported."""
+
+
 class RunInterrupted(SslmedError):
     """Training was stopped by a signal (Ctrl-C, SIGTERM from a scheduler); the step is
     not marked done and ``sslmed run ... --resume`` continues it."""

@@ -43,7 +43,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sslmed.artifacts.exports import load_backbone_weights, save_backbone, save_tensors
 from sslmed.artifacts.rundir import LOGS, StepDir
-from sslmed.core.errors import CheckpointError, RunInterrupted, UsageError
+from sslmed.core.errors import CheckpointError, RunInterrupted, TrainingDiverged, UsageError
 from sslmed.core.files import atomic_target, remove_partial_files
 from sslmed.core.recipe import StepSettings
 from sslmed.core.registry import Registry
@@ -414,8 +414,11 @@ def train_step(
     # Lightning sets Trainer.callbacks in its callback connector without declaring it
     seeder = next(c for c in trainer.callbacks if isinstance(c, EpochSeed))  # type: ignore[attr-defined]
     seeder.seed_epoch(epoch)
-    with stopped_by_signal(f"step {step.name!r}"):
-        trainer.fit(method, loader, ckpt_path=str(found[0]) if found else None)
+    try:
+        with stopped_by_signal(f"step {step.name!r}"):
+            trainer.fit(method, loader, ckpt_path=str(found[0]) if found else None)
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"step {step.name!r}: {exc}") from None
     if trainer.is_global_zero:
         extras = method.extra_exports()
         for name, (module, _description) in extras.items():

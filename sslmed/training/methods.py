@@ -32,6 +32,7 @@ from lightly.utils import dist as lightly_dist
 from lightly.utils.scheduler import cosine_schedule
 
 from sslmed.core.backbone import Backbone
+from sslmed.core.errors import TrainingDiverged
 from sslmed.core.recipe import OptimizerSettings, ReconstructionSettings, ScheduleSettings
 
 
@@ -240,6 +241,8 @@ class SSLMethod(L.LightningModule):
                 "objective": losses["loss"].detach(),
                 "reconstruction": reconstruction.detach(),
             }
+        if not torch.isfinite(losses["loss"].detach()):
+            raise self.diverged(f"the loss is {losses['loss'].item()}")
         batch_size = views["views"][0].shape[0]
         self.log_dict(
             {f"train/{name}": value.detach() for name, value in losses.items()},
@@ -250,6 +253,36 @@ class SSLMethod(L.LightningModule):
             sync_dist=False,
         )
         return losses["loss"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # one fused norm over every gradient (milliseconds against a step's hundreds): a
+        # non-finite gradient would make every weight NaN at this optimiser step, and the
+        # loss shows it only steps later
+        if self._trainer is not None and str(self.trainer.precision).startswith("16"):
+            return  # fp16's loss scaler expects overflowing gradients now and then: it skips those steps
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
+            named = self.named_parameters()
+            bad = next(name for name, p in named if p.grad is not None and not p.grad.isfinite().all())
+            raise self.diverged(f"the gradient of {bad} is not finite")
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        """The error that stops a step whose training stopped being finite, with the likely cause."""
+        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        hint = "lower the learning rate, or clip gradients"
+        if precision.startswith("bf16") and self.device.type == "cpu":
+            # measured (torch 2.14.1, oneDNN, AVX-512 BF16): the weight gradient of a strided
+            # 3x3 convolution over a 1x1 map is left partly uninitialised under bf16, e.g.
+            # ResNet-18's layer4 for inputs under 17 px (DINO's local crops at image_size 32)
+            hint = (
+                "on a CPU, bf16 convolution gradients are wrong where a feature map is 1x1 "
+                "(ResNet inputs under 17 px, e.g. local crops at image_size 32): "
+                "use precision: 32-true or a larger image_size, or " + hint
+            )
+        return TrainingDiverged(
+            f"training diverged at optimiser step {self.global_step} (precision {precision}): {what}; "
+            f"nothing of this step was exported; {hint}"
+        )
 
     def configure_optimizers(self) -> Any:
         settings = self.optimizer_settings
