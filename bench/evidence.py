@@ -578,7 +578,7 @@ def comparison_summary(args: argparse.Namespace) -> int:
         " references of the same seed (`random_init@simclr__seedN`);"
         f" settings `{json.dumps(doc['settings'])}`.",
         "",
-        "| run | pre-training s | " + " | ".join(columns) + " |",
+        "| run | run s (pre-training + kermany probes) | " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(columns),
     ]
     for method, entry in table.items():
