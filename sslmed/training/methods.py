@@ -74,6 +74,7 @@ class SSLMethod(L.LightningModule):
         self.decoder: torch.nn.Module | None = None
         self._decoder_description: dict[str, Any] = {}
         self._encoded: list[tuple[list[torch.Tensor], torch.Tensor]] = []
+        self._last_loss: torch.Tensor | None = None  # this optimiser step's, for the finiteness check
 
     # ---- momentum encoders
     def momentum_copy(self, module: torch.nn.Module, fresh: torch.nn.Module | None = None) -> torch.nn.Module:
@@ -241,8 +242,7 @@ class SSLMethod(L.LightningModule):
                 "objective": losses["loss"].detach(),
                 "reconstruction": reconstruction.detach(),
             }
-        if not torch.isfinite(losses["loss"].detach()):
-            raise self.diverged(f"the loss is {losses['loss'].item()}")
+        self._last_loss = losses["loss"].detach()  # checked with the gradients, in one sync per step
         batch_size = views["views"][0].shape[0]
         self.log_dict(
             {f"train/{name}": value.detach() for name, value in losses.items()},
@@ -255,16 +255,21 @@ class SSLMethod(L.LightningModule):
         return losses["loss"]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # one fused norm over every gradient (milliseconds against a step's hundreds): a
-        # non-finite gradient would make every weight NaN at this optimiser step, and the
-        # loss shows it only steps later
+        # the loss and one fused norm over every gradient, read in one host sync (milliseconds
+        # against a step's hundreds): a non-finite gradient would make every weight NaN at this
+        # optimiser step, and the loss shows it only steps later
         if self._trainer is not None and str(self.trainer.precision).startswith("16"):
             return  # fp16's loss scaler expects overflowing gradients now and then: it skips those steps
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
-            named = self.named_parameters()
-            bad = next(name for name, p in named if p.grad is not None and not p.grad.isfinite().all())
-            raise self.diverged(f"the gradient of {bad} is not finite")
+        loss = self._last_loss if self._last_loss is not None else torch.zeros((), device=self.device)
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros_like(loss)
+        if torch.isfinite(torch.stack([loss.float(), norm.float()])).all():
+            return
+        if not torch.isfinite(loss):
+            raise self.diverged(f"the loss is {loss.item()}")
+        named = self.named_parameters()
+        bad = next(name for name, p in named if p.grad is not None and not p.grad.isfinite().all())
+        raise self.diverged(f"the gradient of {bad} is not finite")
 
     def diverged(self, what: str) -> TrainingDiverged:
         """The error that stops a step whose training stopped being finite, with the likely cause."""
